@@ -1,0 +1,1 @@
+"""Data layer: sources (Kermany, Cohen, phantom), manifest, validation, split."""
