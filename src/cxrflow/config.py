@@ -69,10 +69,14 @@ class SynthParams:
 
 @dataclass(frozen=True)
 class DataParams:
-    """Where the raw data lives. ``None`` for both dirs means: generate phantom data."""
+    """Where the raw data lives. No Kermany dir and no Cohen dir means: generate phantom data.
+
+    ``cohen_dirs`` takes several roots (e.g. the 2020-06-22 snapshot and the 2020-08 supplement);
+    duplicates across them are found and collapsed by ingest.
+    """
 
     kermany_dir: str | None = None
-    cohen_dir: str | None = None
+    cohen_dirs: tuple[str, ...] = ()
     synth: SynthParams = field(default_factory=SynthParams)
 
 
@@ -284,7 +288,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None:
+        if value is None or (value == "" and type(None) in args):
+            # "" stands for null where a value may be null: KFP parameters cannot hold None.
             _check(type(None) in args, key, "must not be null")
             return None
         inner = [a for a in args if a is not type(None)]
@@ -420,6 +425,15 @@ def load_params(path: str | Path = "params.yaml", profile: str = "paper") -> Par
     raw = yaml.safe_load(p.read_text()) or {}
     _check(isinstance(raw, Mapping), str(p), "top level must be a mapping")
     return params_from_dict(raw, profile)
+
+
+def nulls_to_empty(obj: Any) -> Any:
+    """Replace ``None`` by ``""`` recursively (KFP parameter values cannot be null)."""
+    if isinstance(obj, dict):
+        return {k: nulls_to_empty(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nulls_to_empty(v) for v in obj]
+    return "" if obj is None else obj
 
 
 def params_to_dict(params: Any) -> Any:

@@ -1,0 +1,27 @@
+from kfp import dsl
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def register(
+    register_params: dict,
+    tracking_params: dict,
+    profile: str,
+    evaluation: dsl.Input[dsl.Artifact],
+    registered: dsl.Output[dsl.Artifact],
+) -> str:
+    """register: register the best candidate in the MLflow registry under the alias champion.
+
+    Reads params register. Returns the champion's model key.
+    """
+    from cxrflow.config import params_from_sections
+    from cxrflow.logs import setup_logging
+    from cxrflow.steps import run_register
+
+    setup_logging()
+    params = params_from_sections({"register": register_params, "tracking": tracking_params,
+                                   "profile": profile})
+    info = run_register(params, evaluation.path, registered.path)
+    registered.metadata.update({"model_uri": info["model_uri"], "version": info["version"]})
+    return info["champion"]

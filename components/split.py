@@ -1,0 +1,27 @@
+from kfp import dsl
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def split(
+    split_params: dict,
+    validate_params: dict,
+    tracking_params: dict,
+    profile: str,
+    dataset: dsl.Input[dsl.Dataset],
+    splits: dsl.Output[dsl.Dataset],
+):
+    """split: undersample to the Dataset_1 counts and split train/val/test by patient.
+
+    Reads params split, validate. Fails if a patient is in two splits or classes are
+    unbalanced beyond validate.balance_tolerance.
+    """
+    from cxrflow.config import params_from_sections
+    from cxrflow.logs import setup_logging
+    from cxrflow.steps import run_split
+
+    setup_logging()
+    params = params_from_sections({"split": split_params, "validate": validate_params,
+                                   "tracking": tracking_params, "profile": profile})
+    run_split(params, dataset.path, splits.path)

@@ -1,0 +1,25 @@
+from kfp import dsl
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def validate(
+    validate_params: dict,
+    tracking_params: dict,
+    profile: str,
+    dataset: dsl.Input[dsl.Dataset],
+    report: dsl.Output[dsl.HTML],
+):
+    """validate: Great Expectations gate over the manifest; fails the run on any violation.
+
+    Reads params validate. Writes validation.json and Data Docs HTML (also logged to MLflow).
+    """
+    from cxrflow.config import params_from_sections
+    from cxrflow.logs import setup_logging
+    from cxrflow.steps import run_validate
+
+    setup_logging()
+    params = params_from_sections({"validate": validate_params, "tracking": tracking_params,
+                                   "profile": profile})
+    run_validate(params, dataset.path, report.path)

@@ -1,0 +1,1 @@
+"""The cxrflow Kubeflow pipeline: definition, compile, local run, submit and schedule."""

@@ -1,0 +1,258 @@
+"""Undersampling and patient-grouped train / validation / test splits.
+
+Pure functions over the manifest DataFrame. The split is grouped by ``patient_id`` so that no
+patient contributes images to two splits (the paper does not say it did this; leaking patients
+across splits inflates test scores). The report also exposes the *source shortcut*: in the
+paper's Dataset_1 every normal and bacterial image is pediatric (Kermany) and every COVID image
+adult (Cohen), so a classifier can score well by telling sources apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxrflow.config import DATASETS, SplitParams
+from cxrflow.data.manifest import SPLIT_COLUMNS, read_manifest, write_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLIT_REPORT_FILE = "split_report.json"
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    """What the split step did, per dataset."""
+
+    counts: dict[str, dict[str, dict[str, int]]]  # dataset -> split -> label -> n
+    patients: dict[str, dict[str, int]]  # dataset -> split -> n patients
+    shortfalls: dict[str, dict[str, int]]  # dataset -> label -> missing images
+    confounds: dict[str, list[str]] = field(default_factory=dict)  # dataset -> warnings
+    crosstabs: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return {
+            "counts": self.counts,
+            "patients": self.patients,
+            "shortfalls": self.shortfalls,
+            "confounds": self.confounds,
+            "crosstabs": self.crosstabs,
+        }
+
+
+def select_dataset_rows(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Rows eligible for a dataset, before undersampling.
+
+    Dataset_0 is Kermany's normal / bacterial / viral. Dataset_1 is Kermany's normal /
+    bacterial plus COVID-19 from any Cohen source (the paper's construction).
+    """
+    classes = DATASETS[dataset]
+    rows = manifest[manifest["label"].isin(classes)]
+    kermany = (rows["source"] == "kermany") & rows["label"].isin(["normal", "bacterial", "viral"])
+    if dataset == "dataset_0":
+        rows = rows[kermany]
+    else:
+        rows = rows[kermany | (rows["label"] == "covid")]
+    return rows.sort_values("image_id").reset_index(drop=True)
+
+
+def undersample(
+    rows: pd.DataFrame, targets: dict[str, int | None], seed: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Randomly keep at most ``targets[label]`` images per label (``None`` keeps all).
+
+    Returns the kept rows and, per label, how many images were missing to reach the target
+    (a shortfall is logged as a warning, never hidden).
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    shortfalls: dict[str, int] = {}
+    for label in sorted(targets):
+        sub = rows[rows["label"] == label].sort_values("image_id")
+        target = targets[label]
+        if target is None or len(sub) <= target:
+            if target is not None and len(sub) < target:
+                shortfalls[label] = target - len(sub)
+                log.warning(
+                    "undersample: class %s has %d images, fewer than the %d configured; "
+                    "keeping all of them",
+                    label,
+                    len(sub),
+                    target,
+                )
+            parts.append(sub)
+            continue
+        idx = np.sort(rng.choice(len(sub), size=target, replace=False))
+        parts.append(sub.iloc[idx])
+    out = pd.concat(parts) if parts else rows.iloc[0:0]
+    return out.sort_values("image_id").reset_index(drop=True), shortfalls
+
+
+def _allocate(
+    patient_labels: pd.DataFrame, fraction: float, rng: np.random.Generator
+) -> set[str]:
+    """Choose patients so that each primary label gets ~``fraction`` of its images."""
+    chosen: set[str] = set()
+    for _label, grp in patient_labels.groupby("primary", sort=True):
+        order = grp.sort_values("patient_id").reset_index(drop=True)
+        order = order.iloc[rng.permutation(len(order))]
+        total = int(order["n"].sum())
+        target = fraction * total
+        acc = 0
+        taken = 0
+        for pid, n in zip(order["patient_id"], order["n"], strict=True):
+            if acc >= target:
+                break
+            if len(order) > 1 and taken == len(order) - 1:
+                break  # keep at least one patient of this class on the other side
+            chosen.add(pid)
+            taken += 1
+            acc += int(n)
+    return chosen
+
+
+def grouped_split(
+    rows: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int
+) -> pd.DataFrame:
+    """Assign ``split`` in {train, val, test}, grouped by patient, stratified by label.
+
+    Each patient's *primary* label (its most frequent label; ties by name) is used for
+    stratification, so patients with images of two labels (Kermany has such ``personN``) stay
+    together in one split.
+    """
+    rng = np.random.default_rng(seed)
+    counts = rows.groupby(["patient_id", "label"]).size().reset_index(name="k")
+    counts = counts.sort_values(["patient_id", "k", "label"], ascending=[True, False, True])
+    primary = counts.drop_duplicates("patient_id")[["patient_id", "label"]]
+    primary = primary.rename(columns={"label": "primary"})
+    n = rows.groupby("patient_id").size().reset_index(name="n")
+    patients = primary.merge(n, on="patient_id")
+    test = _allocate(patients, test_fraction, rng)
+    rest = patients[~patients["patient_id"].isin(test)]
+    val = _allocate(rest, val_fraction, rng)
+    out = rows.copy()
+    out["split"] = "train"
+    out.loc[out["patient_id"].isin(val), "split"] = "val"
+    out.loc[out["patient_id"].isin(test), "split"] = "test"
+    return out
+
+
+def build_dataset(manifest: pd.DataFrame, dataset: str, params: SplitParams) -> tuple[
+    pd.DataFrame, dict[str, int]
+]:
+    """Undersample and split one dataset. Returns the split table and the shortfalls."""
+    rows = select_dataset_rows(manifest, dataset)
+    classes = DATASETS[dataset]
+    targets: dict[str, int | None]
+    if dataset == "dataset_1":
+        targets = {c: int(params.dataset_1_counts[c]) for c in classes}
+    else:
+        targets = {c: params.dataset_0_max_per_class for c in classes}
+    kept, shortfalls = undersample(rows, targets, params.seed)
+    table = grouped_split(kept, params.test_fraction, params.val_fraction, params.seed)
+    table["dataset"] = dataset
+    leaked = table.groupby("patient_id")["split"].nunique()
+    if (leaked > 1).any():  # pragma: no cover - guarded by construction; GX checks it too
+        raise AssertionError(f"patients in two splits: {list(leaked[leaked > 1].index[:5])}")
+    return table.reindex(columns=list(SPLIT_COLUMNS)), shortfalls
+
+
+def detect_confounds(table: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """Warnings where a label is fully determined by source or age group (shortcut risk)."""
+    warnings: list[str] = []
+    crosstabs: dict[str, dict[str, int]] = {}
+    for attr in ("source", "age_group"):
+        ct = table.groupby(["label", attr]).size()
+        crosstabs[attr] = {f"{lab}|{val}": int(n) for (lab, val), n in ct.items()}
+        per_label = table.groupby("label")[attr].nunique()
+        values = table.groupby(attr)["label"].nunique()
+        if len(per_label) > 1 and (per_label == 1).all() and table[attr].nunique() > 1:
+            mapping = table.groupby("label")[attr].first().to_dict()
+            shared = [v for v, k in values.items() if k > 1]
+            msg = (
+                f"every label comes from a single {attr} ({mapping})"
+                + (f"; only {shared} mixes labels" if shared else "")
+                + f": a model can separate classes by {attr} alone (shortcut learning)"
+            )
+            warnings.append(msg)
+            log.warning("confound: %s", msg)
+    return warnings, crosstabs
+
+
+def split_manifest(
+    manifest: pd.DataFrame, params: SplitParams
+) -> tuple[dict[str, pd.DataFrame], SplitReport]:
+    """Build Dataset_0 and Dataset_1 split tables from the manifest.
+
+    Args:
+        manifest: The ingest manifest.
+        params: Split parameters.
+
+    Returns:
+        ``{"dataset_0": table, "dataset_1": table}`` and a :class:`SplitReport`.
+    """
+    tables: dict[str, pd.DataFrame] = {}
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    patients: dict[str, dict[str, int]] = {}
+    shortfalls: dict[str, dict[str, int]] = {}
+    confounds: dict[str, list[str]] = {}
+    crosstabs: dict[str, dict[str, dict[str, int]]] = {}
+    for dataset in DATASETS:
+        table, short = build_dataset(manifest, dataset, params)
+        tables[dataset] = table
+        shortfalls[dataset] = short
+        counts[dataset] = {
+            s: {
+                c: int(((table["split"] == s) & (table["label"] == c)).sum())
+                for c in DATASETS[dataset]
+            }
+            for s in SPLITS
+        }
+        patients[dataset] = {
+            s: int(table.loc[table["split"] == s, "patient_id"].nunique()) for s in SPLITS
+        }
+        confounds[dataset], ct = detect_confounds(table)
+        for attr, tab in ct.items():
+            crosstabs[f"{dataset}.{attr}"] = dict(tab)
+    return tables, SplitReport(counts, patients, shortfalls, confounds, crosstabs)
+
+
+def read_split_table(splits_dir: str | Path, dataset: str) -> pd.DataFrame:
+    """Read ``<dataset>.csv`` from a splits directory."""
+    import pandas as pd
+
+    path = Path(splits_dir) / f"{dataset}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split table not found (run `cxrflow split` first)")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df["width"] = df["width"].astype(int)
+    df["height"] = df["height"].astype(int)
+    return df
+
+
+def write_splits(
+    tables: dict[str, pd.DataFrame], report: SplitReport, out_dir: str | Path
+) -> None:
+    """Write ``dataset_0.csv``, ``dataset_1.csv`` and ``split_report.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        write_table(table, out / f"{name}.csv", SPLIT_COLUMNS)
+    (out / SPLIT_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+
+
+def load_manifest_for_split(dataset_dir: str | Path) -> pd.DataFrame:
+    """Read the manifest of a dataset directory (thin alias for symmetry with the CLI)."""
+    return read_manifest(dataset_dir)

@@ -1,0 +1,314 @@
+"""MLflow tracking: the only module that imports ``mlflow``.
+
+Run layout: one *parent* run per pipeline run (tag ``cxrflow.pipeline_run_id``) and one nested
+run per model (tag ``cxrflow.model_key``). Every run carries the flattened params, the git
+commit, the data version and manifest hash, the profile and the pipeline run id, so that any
+number in MLflow can be traced to its inputs. The tracking URI comes from the environment
+(``MLFLOW_TRACKING_URI``), defaulting to ``sqlite:///mlruns.db`` with local artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+TAG_PIPELINE_RUN = "cxrflow.pipeline_run_id"
+TAG_MODEL_KEY = "cxrflow.model_key"
+TAG_STEP = "cxrflow.step"
+TAG_KIND = "cxrflow.run_kind"
+TAG_PROFILE = "cxrflow.profile"
+TAG_MANIFEST_HASH = "cxrflow.data.manifest_hash"
+TAG_DATA_VERSION = "cxrflow.data.version"
+TAG_DATA_ORIGIN = "cxrflow.data.origin"
+TAG_GIT_COMMIT = "cxrflow.git_commit"
+TAG_PRETRAINED = "cxrflow.pretrained_weights"
+
+
+def tracking_uri() -> str:
+    """The tracking URI: ``MLFLOW_TRACKING_URI`` or the local sqlite default (made absolute)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    return "sqlite:///" + str(Path("mlruns.db").resolve())
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifact root for new experiments: ``CXRFLOW_ARTIFACT_ROOT`` or next to a sqlite db."""
+    env = os.environ.get("CXRFLOW_ARTIFACT_ROOT", "").strip()
+    if env:
+        return env
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def configure(experiment_name: str) -> str:
+    """Point mlflow at the tracking server and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment_name)
+    if exp is None:
+        try:
+            exp_id = mlflow.create_experiment(experiment_name, artifact_location=_artifact_root(uri))
+        except Exception:  # created concurrently by a parallel step
+            exp = mlflow.get_experiment_by_name(experiment_name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return str(exp_id)
+
+
+def git_commit() -> str:
+    """The git commit of the code (``CXRFLOW_GIT_COMMIT`` in images, else ``git rev-parse``)."""
+    env = os.environ.get("CXRFLOW_GIT_COMMIT", "").strip()
+    if env:
+        return env
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+        sha = out.stdout.strip()
+        if out.returncode == 0 and sha:
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5, check=False,
+            ).stdout.strip()
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def _search_one(experiment_id: str, filter_string: str) -> Any | None:
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=filter_string, max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    return runs[0] if runs else None
+
+
+def get_or_create_parent_run(
+    experiment_name: str, pipeline_run_id: str, tags: Mapping[str, str], params: Mapping[str, str]
+) -> str:
+    """Find the parent run of ``pipeline_run_id`` or create it; returns its run id."""
+    from mlflow.tracking import MlflowClient
+
+    exp_id = configure(experiment_name)
+    flt = f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and tags.`{TAG_KIND}` = 'pipeline'"
+    found = _search_one(exp_id, flt)
+    client = MlflowClient()
+    if found is not None:
+        return str(found.info.run_id)
+    run = client.create_run(
+        exp_id,
+        run_name=f"pipeline-{pipeline_run_id[:40]}",
+        tags={TAG_PIPELINE_RUN: pipeline_run_id, TAG_KIND: "pipeline", **tags},
+    )
+    _log_params(client, run.info.run_id, params)
+    return str(run.info.run_id)
+
+
+def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log numeric metrics to a run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, float(v), step=step or 0)
+
+
+def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Log a file or directory as an artifact of a run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if Path(path).is_dir():
+        client.log_artifacts(run_id, str(path), artifact_path)
+    else:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+@contextmanager
+def model_run(
+    experiment_name: str,
+    parent_run_id: str,
+    pipeline_run_id: str,
+    model_key: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, str],
+) -> Iterator[str]:
+    """Start (or resume) the nested run of ``model_key`` under the parent run.
+
+    Yields the run id; the run is active (``mlflow.active_run()``) inside the block.
+    """
+    import mlflow
+
+    exp_id = configure(experiment_name)
+    flt = (
+        f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and "
+        f"tags.`{TAG_MODEL_KEY}` = '{model_key}'"
+    )
+    found = _search_one(exp_id, flt)
+    all_tags = {
+        TAG_PIPELINE_RUN: pipeline_run_id,
+        TAG_MODEL_KEY: model_key,
+        TAG_KIND: "model",
+        "mlflow.parentRunId": parent_run_id,
+        **tags,
+    }
+    if found is not None:
+        run = mlflow.start_run(run_id=found.info.run_id)
+    else:
+        run = mlflow.start_run(
+            experiment_id=exp_id, run_name=model_key, nested=True, parent_run_id=parent_run_id,
+            tags=all_tags,
+        )
+        from mlflow.tracking import MlflowClient
+
+        _log_params(MlflowClient(), run.info.run_id, params)
+    try:
+        yield str(run.info.run_id)
+        mlflow.end_run("FINISHED")
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+
+
+def find_model_run(experiment_name: str, pipeline_run_id: str, model_key: str) -> str | None:
+    """Run id of the nested run of ``model_key`` in ``pipeline_run_id`` (or ``None``)."""
+    exp_id = configure(experiment_name)
+    flt = (
+        f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and "
+        f"tags.`{TAG_MODEL_KEY}` = '{model_key}'"
+    )
+    found = _search_one(exp_id, flt)
+    return None if found is None else str(found.info.run_id)
+
+
+def make_epoch_logger(run_id: str, phase: str, step_offset: int = 0) -> Any:
+    """A Keras callback logging every epoch's metrics (and learning rate) to ``run_id``.
+
+    Metrics are logged as-is (``loss``, ``val_accuracy``...) with ``step`` = global epoch, and
+    the training phase (``head``/``finetune``/``full``) as a tag, MONAI-style: tracking is
+    attached to training from outside, not written into the loop.
+    """
+    import keras
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+
+    class _EpochLogger(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            import time
+
+            logs = dict(logs or {})
+            try:
+                lr = self.model.optimizer.learning_rate
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+            except Exception:  # noqa: S110 - optimiser without a scalar lr
+                pass
+            ts = int(time.time() * 1000)
+            step = step_offset + epoch
+            metrics = [
+                Metric(str(k), float(v), ts, step)
+                for k, v in logs.items()
+                if isinstance(v, int | float) or hasattr(v, "__float__")
+            ]
+            client.log_batch(run_id, metrics=metrics)
+            client.set_tag(run_id, "cxrflow.last_phase", phase)
+
+    return _EpochLogger()
+
+
+def log_keras_model(
+    model: Any, name: str, x_example: Any, metadata: Mapping[str, Any]
+) -> str:
+    """Log a Keras model in the active run with a signature and pinned requirements.
+
+    Returns the model URI (``models:/<model_id>``).
+    """
+    import keras
+    import mlflow
+    import numpy as np
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    preds = model.predict(x_example, verbose=0)
+    signature = infer_signature(np.asarray(x_example, dtype=np.float32), preds)
+    reqs = [
+        f"tensorflow=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"mlflow=={mlflow.__version__}",
+        "pillow",
+        "numpy",
+    ]
+    info = mlflow.keras.log_model(
+        model, name=name, signature=signature, pip_requirements=reqs, metadata=dict(metadata)
+    )
+    return str(info.model_uri)
+
+
+def register_model(
+    model_uri: str, name: str, alias: str, tags: Mapping[str, str], description: str = ""
+) -> int:
+    """Register ``model_uri`` under ``name`` and point ``alias`` at the new version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(
+            name,
+            description="COVID-19 / bacterial / normal chest X-ray classifier (cxrflow).",
+        )
+    except Exception:  # noqa: S110 - already exists
+        pass
+    mv = mlflow.register_model(model_uri, name, tags=dict(tags))
+    if description:
+        client.update_model_version(name, mv.version, description=description)
+    client.set_registered_model_alias(name, alias, mv.version)
+    return int(mv.version)
+
+
+def load_model(model_uri: str) -> tuple[Any, dict[str, Any]]:
+    """Load a Keras model and its cxrflow metadata (classes, image size) from a model URI."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    info = mlflow.models.get_model_info(model_uri)
+    model = mlflow.keras.load_model(model_uri)
+    return model, dict(info.metadata or {})

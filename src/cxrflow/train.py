@@ -1,0 +1,212 @@
+"""Training the paper's four models (section 4.1).
+
+- Adam (lr, beta_1, beta_2), categorical cross-entropy, early stopping on the validation loss
+  (``patience``, best weights restored) and learning rate x``reduce_lr_factor`` after
+  ``reduce_lr_patience`` epochs without improvement.
+- Transfer models train in two phases: ``head`` (only the new classifier trainable, at
+  ``learning_rate``) then ``finetune`` (Model_2: whole network; Model_3: the last
+  ``unfreeze_last`` layers of the ResNet-50 backbone) at ``fine_tune_learning_rate``.
+Tracking is attached through ``callbacks``; this module never imports mlflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cxrflow.config import ModelSpec, TrainParams
+from cxrflow.datasets import class_weights, make_tf_dataset
+from cxrflow.models import CLASSIFIER_LAYER, build_model
+from cxrflow.models.resnet50 import BACKBONE
+
+log = logging.getLogger(__name__)
+
+CallbackFactory = Callable[[str, int], Sequence[Any]]
+"""``(phase, epoch_offset) -> extra Keras callbacks`` (e.g. the MLflow epoch logger)."""
+
+
+@dataclass
+class TrainResult:
+    """A trained model and what happened while training it."""
+
+    model: Any
+    history: dict[str, list[float]] = field(default_factory=dict)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    pretrained: str = "n/a"
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def _compile(model: Any, lr: float, p: TrainParams) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr, beta_1=p.beta_1, beta_2=p.beta_2),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _fit(
+    model: Any,
+    phase: str,
+    lr: float,
+    p: TrainParams,
+    train_ds: Any,
+    val_ds: Any,
+    weights: dict[int, float] | None,
+    epoch_offset: int,
+    extra_callbacks: CallbackFactory | None,
+    verbose: int,
+) -> dict[str, list[float]]:
+    import keras
+
+    _compile(model, lr, p)
+    callbacks: list[Any] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=p.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=p.reduce_lr_factor, patience=p.reduce_lr_patience
+        ),
+    ]
+    if extra_callbacks is not None:
+        callbacks.extend(extra_callbacks(phase, epoch_offset))
+    log.info("phase %s: lr=%g, up to %d epochs", phase, lr, p.epochs)
+    hist = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=p.epochs,
+        callbacks=callbacks,
+        class_weight=weights,
+        verbose=verbose,
+    )
+    return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+
+def replace_classifier(model: Any, n_classes: int) -> Any:
+    """Copy of ``model`` whose final ``classifier`` layer is new (random, ``n_classes``)."""
+    import keras
+    from keras import layers
+
+    features = model.get_layer(CLASSIFIER_LAYER).input
+    outputs = layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER)(features)
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def freeze_all_but_classifier(model: Any) -> None:
+    """Only the ``classifier`` layer trains (transfer phase 1)."""
+    for layer in model.layers:
+        layer.trainable = layer.name == CLASSIFIER_LAYER
+
+
+def unfreeze(model: Any, spec: ModelSpec) -> int:
+    """Unfreeze for fine-tuning; returns how many backbone layers were unfrozen.
+
+    ``small_cnn``: the whole network (or its last ``unfreeze_last`` layers). ``resnet50``: the
+    last ``unfreeze_last`` layers of the backbone (BatchNorm layers stay frozen, as in the
+    keras-io transfer-learning guide).
+    """
+    from keras import layers
+
+    if spec.architecture == "resnet50":
+        base = model.get_layer(BACKBONE)
+        base.trainable = True
+        n = len(base.layers) if spec.unfreeze_last is None else spec.unfreeze_last
+        cut = len(base.layers) - n
+        for i, layer in enumerate(base.layers):
+            trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)
+            layer.trainable = trainable
+        for layer in model.layers:
+            if layer.name != BACKBONE:
+                layer.trainable = True
+        return n
+    n = len(model.layers) if spec.unfreeze_last is None else spec.unfreeze_last
+    cut = len(model.layers) - n
+    for i, layer in enumerate(model.layers):
+        layer.trainable = i >= cut or layer.name == CLASSIFIER_LAYER
+    return n
+
+
+def train_model(
+    spec: ModelSpec,
+    params: TrainParams,
+    classes: Sequence[str],
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    base_model: Any | None = None,
+    callbacks: CallbackFactory | None = None,
+    verbose: int = 2,
+) -> TrainResult:
+    """Train one model as the paper describes.
+
+    Args:
+        spec: The model's spec (architecture, init, unfreeze_last, weights_path).
+        params: Training hyper-parameters.
+        classes: Class names, in output order.
+        data: ``(x_train, y_train, x_val, y_val)``; x uint8 ``(n, s, s, 1)``, y int indices.
+        base_model: Model_0 (a Keras model) when ``spec.init == "model_0"``.
+        callbacks: Factory of extra callbacks per phase.
+        verbose: Keras verbosity (2 = one line per epoch, 1 = progress bar).
+
+    Returns:
+        The trained model, merged history (phases concatenated) and phase summaries.
+    """
+    set_seed(params.seed)
+    x_tr, y_tr, x_va, y_va = data
+    k = len(classes)
+    if len(x_tr) == 0 or len(x_va) == 0:
+        raise ValueError(f"empty split: {len(x_tr)} train / {len(x_va)} validation images")
+    train_ds = make_tf_dataset(x_tr, y_tr, k, params.batch_size, True, params.seed)
+    val_ds = make_tf_dataset(x_va, y_va, k, params.batch_size, False, params.seed)
+    weights = class_weights(y_tr, k) if params.class_weights else None
+
+    phases: list[tuple[str, float]]
+    pretrained = "n/a"
+    if spec.init == "scratch":
+        model = build_model(spec.architecture, params.image_size, k)
+        phases = [("full", params.learning_rate)]
+    elif spec.init == "model_0":
+        if base_model is None:
+            raise ValueError("init=model_0 needs the trained Model_0 (base_model)")
+        model = replace_classifier(base_model, k)
+        phases = [("head", params.learning_rate), ("finetune", params.fine_tune_learning_rate)]
+        pretrained = "model_0"
+    else:  # imagenet
+        model = build_model(spec.architecture, params.image_size, k, spec.weights_path)
+        pretrained = spec.weights_path or "none"
+        if not spec.weights_path:
+            log.warning(
+                "!!! %s: NO PRETRAINED WEIGHTS configured (models.*.weights_path is null): "
+                "ResNet-50 starts from RANDOM weights; this is not the paper's Model_3 !!!",
+                spec.architecture,
+            )
+        phases = [("head", params.learning_rate), ("finetune", params.fine_tune_learning_rate)]
+
+    history: dict[str, list[float]] = {}
+    summaries: list[dict[str, Any]] = []
+    offset = 0
+    for phase, lr in phases:
+        if phase == "head":
+            freeze_all_but_classifier(model)
+        elif phase == "finetune":
+            unfreeze(model, spec)
+        trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+        h = _fit(model, phase, lr, params, train_ds, val_ds, weights, offset, callbacks, verbose)
+        n_epochs = len(h.get("loss", []))
+        summaries.append(
+            {"phase": phase, "learning_rate": lr, "epochs": n_epochs, "trainable_params": trainable}
+        )
+        for key, vals in h.items():
+            history.setdefault(key, []).extend(vals)
+        history.setdefault("phase", []).extend([float(len(summaries) - 1)] * n_epochs)
+        offset += n_epochs
+    return TrainResult(model=model, history=history, phases=summaries, pretrained=pretrained)

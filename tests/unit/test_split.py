@@ -1,0 +1,92 @@
+"""Undersampling and patient-grouped splits."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import pytest
+
+from cxrflow.config import SplitParams
+from cxrflow.data.manifest import MANIFEST_COLUMNS
+from cxrflow.data.split import grouped_split, split_manifest, undersample
+
+
+def make_manifest(per_class: dict[tuple[str, str], int], images_per_patient: int = 3) -> pd.DataFrame:
+    rows = []
+    for (source, label), n in per_class.items():
+        for i in range(n):
+            pid = f"{source}:{label}-p{i // images_per_patient}"
+            sha = hashlib.sha256(f"{source}{label}{i}".encode()).hexdigest()
+            rows.append({
+                "image_id": sha[:16], "path": f"images/{sha}.png", "label": label,
+                "source": source, "origin": "phantom", "patient_id": pid, "view": "",
+                "age_group": "pediatric" if source == "kermany" else "adult",
+                "width": 100, "height": 100, "mode": "L", "original_mode": "L", "sha256": sha,
+                "phash": "0" * 16, "original_path": f"{label}/{i}.png", "source_split": "",
+            })
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+
+
+@pytest.fixture
+def manifest() -> pd.DataFrame:
+    return make_manifest({
+        ("kermany", "normal"): 120, ("kermany", "bacterial"): 150, ("kermany", "viral"): 90,
+        ("cohen", "covid"): 80,
+    })
+
+
+def test_no_patient_in_two_splits_and_fractions(manifest: pd.DataFrame) -> None:
+    params = SplitParams(dataset_1_counts={"normal": 60, "bacterial": 55, "covid": 50})
+    tables, report = split_manifest(manifest, params)
+    for name, t in tables.items():
+        assert (t.groupby("patient_id")["split"].nunique() == 1).all(), name
+        frac_test = (t["split"] == "test").mean()
+        assert 0.15 <= frac_test <= 0.3, (name, frac_test)
+        train_val = t[t["split"] != "test"]
+        frac_val = (train_val["split"] == "val").mean()
+        assert 0.07 <= frac_val <= 0.2, (name, frac_val)
+        assert set(t["split"]) == {"train", "val", "test"}
+    d1 = tables["dataset_1"]
+    assert d1["label"].value_counts().to_dict() == {"normal": 60, "bacterial": 55, "covid": 50}
+    assert set(tables["dataset_0"]["label"]) == {"normal", "bacterial", "viral"}
+    assert set(tables["dataset_0"]["source"]) == {"kermany"}
+    assert report.shortfalls["dataset_1"] == {}
+
+
+def test_split_is_deterministic(manifest: pd.DataFrame) -> None:
+    a, _ = split_manifest(manifest, SplitParams())
+    b, _ = split_manifest(manifest.sample(frac=1.0, random_state=3), SplitParams())
+    for k in a:
+        pd.testing.assert_frame_equal(a[k].reset_index(drop=True), b[k].reset_index(drop=True))
+
+
+def test_shortfall_is_reported_not_hidden(manifest: pd.DataFrame) -> None:
+    _, report = split_manifest(manifest, SplitParams())  # paper counts 544/500/456
+    assert report.shortfalls["dataset_1"] == {"normal": 424, "bacterial": 350, "covid": 376}
+
+
+def test_source_confound_is_exposed(manifest: pd.DataFrame) -> None:
+    _, report = split_manifest(manifest, SplitParams())
+    text = " ".join(report.confounds["dataset_1"])
+    assert "source" in text and "shortcut" in text
+    assert "age_group" in text
+
+
+def test_undersample_caps_and_seeds(manifest: pd.DataFrame) -> None:
+    rows = manifest[manifest["source"] == "kermany"]
+    a, short = undersample(rows, {"normal": 10, "bacterial": None, "viral": 5}, seed=1)
+    assert a["label"].value_counts().to_dict() == {"bacterial": 150, "normal": 10, "viral": 5}
+    b, _ = undersample(rows, {"normal": 10, "bacterial": None, "viral": 5}, seed=1)
+    c, _ = undersample(rows, {"normal": 10, "bacterial": None, "viral": 5}, seed=2)
+    assert a["image_id"].tolist() == b["image_id"].tolist()
+    assert a["image_id"].tolist() != c["image_id"].tolist()
+    assert short == {}
+
+
+def test_patient_with_two_labels_stays_together() -> None:
+    m = make_manifest({("kermany", "bacterial"): 40, ("kermany", "viral"): 40})
+    # person k has both a bacterial and a viral image (as in Kermany's personN)
+    m["patient_id"] = [f"kermany:person{i % 40}" for i in range(len(m))]
+    t = grouped_split(m, 0.2, 0.125, seed=0)
+    assert (t.groupby("patient_id")["split"].nunique() == 1).all()
