@@ -25,5 +25,15 @@ COMPONENTS = {
     "register": register,
 }
 
-__all__ = ["COMPONENTS", "evaluate", "ingest", "model_0", "model_1", "model_2", "model_3",
-           "register", "split", "validate"]
+__all__ = [
+    "COMPONENTS",
+    "evaluate",
+    "ingest",
+    "model_0",
+    "model_1",
+    "model_2",
+    "model_3",
+    "register",
+    "split",
+    "validate",
+]

@@ -26,10 +26,15 @@ def evaluate(
     from cxrflow.steps import run_evaluate
 
     setup_logging()
-    params = params_from_sections({"evaluate": evaluate_params, "tracking": tracking_params,
-                                   "profile": profile})
-    dirs = {"model_0": model_0.path, "model_1": model_1.path, "model_2": model_2.path,
-            "model_3": model_3.path}
+    params = params_from_sections(
+        {"evaluate": evaluate_params, "tracking": tracking_params, "profile": profile}
+    )
+    dirs = {
+        "model_0": model_0.path,
+        "model_1": model_1.path,
+        "model_2": model_2.path,
+        "model_3": model_3.path,
+    }
     results = run_evaluate(params, dataset.path, splits.path, dirs, evaluation.path)
     for key, m in results.items():
         for name in ("accuracy", "f1_macro"):

@@ -23,8 +23,15 @@ def ingest(
     from cxrflow.steps import run_ingest
 
     setup_logging()
-    params = params_from_sections({"data": data_params, "ingest": ingest_params,
-                                   "tracking": tracking_params, "profile": profile})
+    params = params_from_sections(
+        {
+            "data": data_params,
+            "ingest": ingest_params,
+            "tracking": tracking_params,
+            "profile": profile,
+        }
+    )
     out = run_ingest(params, dataset.path, pipeline_run_id, data_version)
-    dataset.metadata.update({"manifest_hash": out["provenance"]["manifest_hash"],
-                             "origin": out["provenance"]["origin"]})
+    dataset.metadata.update(
+        {"manifest_hash": out["provenance"]["manifest_hash"], "origin": out["provenance"]["origin"]}
+    )

@@ -24,8 +24,14 @@ def model_0(
     from cxrflow.steps import run_train
 
     setup_logging()
-    params = params_from_sections({"train": train_params, "models": models_params,
-                                   "tracking": tracking_params, "profile": profile})
+    params = params_from_sections(
+        {
+            "train": train_params,
+            "models": models_params,
+            "tracking": tracking_params,
+            "profile": profile,
+        }
+    )
     info = run_train(params, "model_0", dataset.path, splits.path, model.path)
     model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})
 
@@ -49,8 +55,14 @@ def model_1(
     from cxrflow.steps import run_train
 
     setup_logging()
-    params = params_from_sections({"train": train_params, "models": models_params,
-                                   "tracking": tracking_params, "profile": profile})
+    params = params_from_sections(
+        {
+            "train": train_params,
+            "models": models_params,
+            "tracking": tracking_params,
+            "profile": profile,
+        }
+    )
     info = run_train(params, "model_1", dataset.path, splits.path, model.path)
     model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})
 
@@ -75,8 +87,14 @@ def model_2(
     from cxrflow.steps import run_train
 
     setup_logging()
-    params = params_from_sections({"train": train_params, "models": models_params,
-                                   "tracking": tracking_params, "profile": profile})
+    params = params_from_sections(
+        {
+            "train": train_params,
+            "models": models_params,
+            "tracking": tracking_params,
+            "profile": profile,
+        }
+    )
     info = run_train(params, "model_2", dataset.path, splits.path, model.path, base_model.path)
     model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})
 
@@ -100,7 +118,13 @@ def model_3(
     from cxrflow.steps import run_train
 
     setup_logging()
-    params = params_from_sections({"train": train_params, "models": models_params,
-                                   "tracking": tracking_params, "profile": profile})
+    params = params_from_sections(
+        {
+            "train": train_params,
+            "models": models_params,
+            "tracking": tracking_params,
+            "profile": profile,
+        }
+    )
     info = run_train(params, "model_3", dataset.path, splits.path, model.path)
     model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})

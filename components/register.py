@@ -20,8 +20,9 @@ def register(
     from cxrflow.steps import run_register
 
     setup_logging()
-    params = params_from_sections({"register": register_params, "tracking": tracking_params,
-                                   "profile": profile})
+    params = params_from_sections(
+        {"register": register_params, "tracking": tracking_params, "profile": profile}
+    )
     info = run_register(params, evaluation.path, registered.path)
     registered.metadata.update({"model_uri": info["model_uri"], "version": info["version"]})
     return info["champion"]

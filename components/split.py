@@ -22,6 +22,12 @@ def split(
     from cxrflow.steps import run_split
 
     setup_logging()
-    params = params_from_sections({"split": split_params, "validate": validate_params,
-                                   "tracking": tracking_params, "profile": profile})
+    params = params_from_sections(
+        {
+            "split": split_params,
+            "validate": validate_params,
+            "tracking": tracking_params,
+            "profile": profile,
+        }
+    )
     run_split(params, dataset.path, splits.path)

@@ -20,6 +20,7 @@ def validate(
     from cxrflow.steps import run_validate
 
     setup_logging()
-    params = params_from_sections({"validate": validate_params, "tracking": tracking_params,
-                                   "profile": profile})
+    params = params_from_sections(
+        {"validate": validate_params, "tracking": tracking_params, "profile": profile}
+    )
     run_validate(params, dataset.path, report.path)

@@ -8,8 +8,7 @@ endpoint and credentials from a Kubernetes Secret and ConfigMap. Locally (``kfp.
 Kubernetes settings are ignored.
 """
 
-
-from typing import Any  # noqa: I001
+from typing import Any
 
 from kfp import dsl, kubernetes
 
@@ -69,7 +68,7 @@ def pipeline_defaults(params: Params) -> dict[str, Any]:
 
 def _cluster_env(task: dsl.PipelineTask) -> None:
     kubernetes.use_secret_as_env(task, SECRET_NAME, SECRET_ENV, optional=True)
-    kubernetes.use_config_map_as_env(task, CONFIG_MAP_NAME, CONFIG_MAP_ENV, optional=True)
+    kubernetes.use_config_map_as_env(task, CONFIG_MAP_NAME, CONFIG_MAP_ENV, optional=False)
 
 
 def _gpu(task: dsl.PipelineTask) -> None:

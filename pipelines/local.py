@@ -30,8 +30,9 @@ def run_local(params: Params, pipeline_root: str | Path, data_version: str = "")
     # subprocesses inherit the environment: pin the tracking URI to an absolute location
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
     before = {p.name for p in root.iterdir()}
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
+    )
     pipeline = build_pipeline(params)
     champion = pipeline(data_version=data_version)
     new = sorted(p for p in root.iterdir() if p.name not in before and p.is_dir())

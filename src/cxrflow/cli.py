@@ -52,13 +52,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from cxrflow.steps import run_ingest
 
     out = run_ingest(_params(args), args.out, args.pipeline_run_id, args.data_version or "")
-    report = out["report"]
-    try:
-        from cxrflow.data.ingest import summarize_report
+    from cxrflow.data.ingest import summarize_report
 
-        print(summarize_report(report) if not isinstance(report, dict) else json.dumps(report))
-    except Exception:  # pragma: no cover - summary is best effort
-        _print_json(report)
+    print(summarize_report(out["report"]))
+    print(f"manifest hash: {out['provenance']['manifest_hash']}")
     return 0
 
 
@@ -85,7 +82,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cxrflow.steps import run_train
 
     info = run_train(
-        _params(args), args.model_key, args.dataset, args.splits, args.out, args.base_model,
+        _params(args),
+        args.model_key,
+        args.dataset,
+        args.splits,
+        args.out,
+        args.base_model,
         verbose=1 if sys.stderr.isatty() else 2,
     )
     _print_json({k: info[k] for k in ("model_key", "run_id", "model_uri", "train_seconds")})
@@ -147,10 +149,9 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
             "(`cxrflow pipeline compile`) or use pipelines/submit.py"
         )
     _add_project_root()
-    from pipelines.local import find_metrics, run_local
-
     from cxrflow.steps import format_summary
     from cxrflow.tracking import tracking_uri
+    from pipelines.local import find_metrics, run_local
 
     params = _params(args)
     out = run_local(params, args.pipeline_root, args.data_version or "")
@@ -158,11 +159,15 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     print()
     print(f"cxrflow pipeline finished (profile {params.profile}); run dir: {out['run_dir']}")
     print(format_summary(results))
-    print(f"champion: {out['champion']} -> models:/{params.register.model_name}"
-          f"@{params.register.alias}")
+    print(
+        f"champion: {out['champion']} -> models:/{params.register.model_name}"
+        f"@{params.register.alias}"
+    )
     uri = tracking_uri()
-    print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} "
-          f"--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)")
+    print(
+        f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} "
+        f"--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)"
+    )
     return 0
 
 

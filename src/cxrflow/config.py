@@ -8,6 +8,7 @@ Nothing here performs I/O at import time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -235,8 +236,11 @@ class RegisterParams:
             "register.metric",
             "must be accuracy, precision_macro, recall_macro or f1_macro",
         )
-        _check(self.alias.lower() not in ("staging", "production", "archived", "none"),
-               "register.alias", "stage names are deprecated in MLflow; use an alias")
+        _check(
+            self.alias.lower() not in ("staging", "production", "archived", "none"),
+            "register.alias",
+            "stage names are deprecated in MLflow; use an alias",
+        )
 
 
 @dataclass(frozen=True)
@@ -271,11 +275,17 @@ class Params:
             _check(self.models[key].dataset == "dataset_0", f"models.{key}.dataset", "dataset_0")
         for key, spec in self.models.items():
             if spec.init == "model_0":
-                _check(spec.architecture == "small_cnn", f"models.{key}.init",
-                       "transfer from model_0 needs architecture small_cnn")
+                _check(
+                    spec.architecture == "small_cnn",
+                    f"models.{key}.init",
+                    "transfer from model_0 needs architecture small_cnn",
+                )
             if spec.init == "imagenet":
-                _check(spec.architecture == "resnet50", f"models.{key}.init",
-                       "imagenet init needs architecture resnet50")
+                _check(
+                    spec.architecture == "resnet50",
+                    f"models.{key}.init",
+                    "imagenet init needs architecture resnet50",
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,17 +329,23 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, bool), key, f"must be true/false, got {value!r}")
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key,
-               f"must be an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # protobuf Struct (KFP dict parameters) stores every number as float
+        _check(
+            isinstance(value, int) and not isinstance(value, bool),
+            key,
+            f"must be an integer, got {value!r}",
+        )
         return value
     if tp is float:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key,
-               f"must be a number, got {value!r}")
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            key,
+            f"must be a number, got {value!r}",
+        )
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
@@ -405,8 +421,11 @@ def params_from_dict(raw: Mapping[str, Any], profile: str = "paper") -> Params:
     _check(isinstance(profiles, Mapping), "profiles", "must be a mapping")
     raw.pop("profile", None)
     if profile != "paper":
-        _check(profile in profiles, "profile",
-               f"unknown profile {profile!r}; available: {['paper', *profiles]}")
+        _check(
+            profile in profiles,
+            "profile",
+            f"unknown profile {profile!r}; available: {['paper', *profiles]}",
+        )
         raw = _deep_merge(raw, profiles[profile])
     raw["profile"] = profile
     return _build(Params, raw)

@@ -31,8 +31,8 @@ def preprocess_image(path: str | Path, image_size: int) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
+        with Image.open(path) as raw:
+            im: Image.Image = ImageOps.exif_transpose(raw)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float64)
                 lo, hi = float(arr.min()), float(arr.max())

@@ -15,8 +15,9 @@ def setup_logging(verbose: bool = False) -> None:
     if not any(getattr(h, "_cxrflow", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                              "%Y-%m-%dT%H:%M:%S")
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+            )
         )
         handler._cxrflow = True  # type: ignore[attr-defined]
         root.addHandler(handler)

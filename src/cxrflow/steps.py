@@ -116,8 +116,10 @@ def run_ingest(
             from cxrflow.data.synthetic import generate_phantom
 
             tmp = tempfile.TemporaryDirectory(prefix="cxrflow-phantom-")
-            log.warning("no data configured (data.kermany_dir / data.cohen_dirs): "
-                        "generating PHANTOM (synthetic) data; results say nothing clinical")
+            log.warning(
+                "no data configured (data.kermany_dir / data.cohen_dirs): "
+                "generating PHANTOM (synthetic) data; results say nothing clinical"
+            )
             summary = generate_phantom(Path(tmp.name), data.synth)
             kermany: Path | None = summary.kermany_dir
             cohen: tuple[Path, ...] = (summary.cohen_dir,)
@@ -187,9 +189,7 @@ def run_validate(params: Params, dataset_dir: str | Path, out_dir: str | Path) -
 # ------------------------------------------------------------------------------------- split
 
 
-def run_split(
-    params: Params, dataset_dir: str | Path, out_dir: str | Path
-) -> dict[str, Any]:
+def run_split(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Step ``split``: undersample (Dataset_1 counts) and split by patient; GX-check the result.
 
     Reads params ``split``, ``validate``. Fails if a patient lands in two splits or classes
@@ -226,7 +226,11 @@ def run_split(
     if report.confounds:
         tracking.set_tags(
             parent,
-            {f"cxrflow.confound.{k}": "; ".join(v)[:4900] for k, v in report.confounds.items() if v},
+            {
+                f"cxrflow.confound.{k}": "; ".join(v)[:4900]
+                for k, v in report.confounds.items()
+                if v
+            },
         )
     return {"report": report.to_dict(), "validation": summaries}
 
@@ -283,17 +287,27 @@ def run_train(
         else spec.init,
     }
     with tracking.model_run(
-        params.tracking.experiment_name, parent, prov.pipeline_run_id, model_key, tags,
+        params.tracking.experiment_name,
+        parent,
+        prov.pipeline_run_id,
+        model_key,
+        tags,
         flatten_params({"train": params.train, "model": spec}),
     ) as run_id:
         if spec.init == "imagenet" and not spec.weights_path:
-            tracking.set_tags(run_id, {"cxrflow.warning": "ResNet-50 trained WITHOUT ImageNet "
-                                       "weights (models.model_3.weights_path is null)"})
+            tracking.set_tags(
+                run_id,
+                {
+                    "cxrflow.warning": "ResNet-50 trained WITHOUT ImageNet "
+                    "weights (models.model_3.weights_path is null)"
+                },
+            )
         if spec.weights_path:
             from cxrflow.data.manifest import file_sha256
 
-            tracking.set_tags(run_id, {"cxrflow.pretrained_weights_sha256":
-                                       file_sha256(spec.weights_path)})
+            tracking.set_tags(
+                run_id, {"cxrflow.pretrained_weights_sha256": file_sha256(spec.weights_path)}
+            )
 
         def cb(phase: str, offset: int) -> list[Any]:
             return [tracking.make_epoch_logger(run_id, phase, offset)]
@@ -305,19 +319,26 @@ def run_train(
         train_s = time.perf_counter() - t0
         result.model.save(out / MODEL_FILE)
         _write_json(out / "history.json", {"history": result.history, "phases": result.phases})
-        tracking.log_metrics(run_id, {
-            "train_seconds": train_s,
-            "epochs_total": float(len(result.history.get("loss", []))),
-            "n_train": float(len(x_tr)),
-            "n_val": float(len(x_va)),
-        })
+        tracking.log_metrics(
+            run_id,
+            {
+                "train_seconds": train_s,
+                "epochs_total": float(len(result.history.get("loss", []))),
+                "n_train": float(len(x_tr)),
+                "n_val": float(len(x_va)),
+            },
+        )
         tracking.log_artifact(run_id, out / "history.json")
         model_uri = tracking.log_keras_model(
             result.model,
             "model",
             x_tr[:2].astype(np.float32),
-            {"classes": list(classes), "image_size": size, "model_key": model_key,
-             "preprocessing": "cxrflow.datasets.preprocess_image (8-bit grey, bilinear resize)"},
+            {
+                "classes": list(classes),
+                "image_size": size,
+                "model_key": model_key,
+                "preprocessing": "cxrflow.datasets.preprocess_image (8-bit grey, bilinear resize)",
+            },
         )
     info = {
         "model_key": model_key,
@@ -378,8 +399,10 @@ def run_evaluate(
             model, x, y, classes, params.evaluate.latency_samples, params.evaluate.latency_warmup
         )
         png = plot_confusion(
-            metrics["confusion_matrix"], classes,
-            f"{key} on {dataset} test (n={metrics['n_test']})", out / f"confusion_{key}.png",
+            metrics["confusion_matrix"],
+            classes,
+            f"{key} on {dataset} test (n={metrics['n_test']})",
+            out / f"confusion_{key}.png",
         )
         metrics.update(
             model_key=key, dataset=dataset, run_id=info["run_id"], model_uri=info["model_uri"]
@@ -387,8 +410,13 @@ def run_evaluate(
         results[key] = metrics
         tracking.log_metrics(info["run_id"], flat_metrics(metrics))
         tracking.log_artifact(info["run_id"], png, "evaluation")
-        log.info("%s: accuracy %.4f, macro F1 %.4f, %.2f ms/image", key, metrics["accuracy"],
-                 metrics["f1_macro"], metrics["latency_ms_per_image"])
+        log.info(
+            "%s: accuracy %.4f, macro F1 %.4f, %.2f ms/image",
+            key,
+            metrics["accuracy"],
+            metrics["f1_macro"],
+            metrics["latency_ms_per_image"],
+        )
     _write_json(out / METRICS_FILE, results)
     (out / "summary.md").write_text(format_summary(results))
     tracking.log_artifact(parent, out / METRICS_FILE, "evaluate")
@@ -417,9 +445,7 @@ def format_summary(results: Mapping[str, Mapping[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------- register
 
 
-def run_register(
-    params: Params, evaluation_dir: str | Path, out_dir: str | Path
-) -> dict[str, Any]:
+def run_register(params: Params, evaluation_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Step ``register``: register the best candidate and point the alias at it.
 
     Reads params ``register``. Uses :func:`cxrflow.register.select_champion`; sets the alias

@@ -13,7 +13,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,9 @@ def configure(experiment_name: str) -> str:
     exp = mlflow.get_experiment_by_name(experiment_name)
     if exp is None:
         try:
-            exp_id = mlflow.create_experiment(experiment_name, artifact_location=_artifact_root(uri))
+            exp_id = mlflow.create_experiment(
+                experiment_name, artifact_location=_artifact_root(uri)
+            )
         except Exception:  # created concurrently by a parallel step
             exp = mlflow.get_experiment_by_name(experiment_name)
             if exp is None:
@@ -85,7 +87,10 @@ def git_commit() -> str:
         if out.returncode == 0 and sha:
             dirty = subprocess.run(
                 ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, timeout=5, check=False,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
             ).stdout.strip()
             return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -97,7 +102,9 @@ def _search_one(experiment_id: str, filter_string: str) -> Any | None:
     from mlflow.tracking import MlflowClient
 
     runs = MlflowClient().search_runs(
-        [experiment_id], filter_string=filter_string, max_results=1,
+        [experiment_id],
+        filter_string=filter_string,
+        max_results=1,
         order_by=["attributes.start_time ASC"],
     )
     return runs[0] if runs else None
@@ -193,7 +200,10 @@ def model_run(
         run = mlflow.start_run(run_id=found.info.run_id)
     else:
         run = mlflow.start_run(
-            experiment_id=exp_id, run_name=model_key, nested=True, parent_run_id=parent_run_id,
+            experiment_id=exp_id,
+            run_name=model_key,
+            nested=True,
+            parent_run_id=parent_run_id,
             tags=all_tags,
         )
         from mlflow.tracking import MlflowClient
@@ -239,7 +249,7 @@ def make_epoch_logger(run_id: str, phase: str, step_offset: int = 0) -> Any:
             try:
                 lr = self.model.optimizer.learning_rate
                 logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
-            except Exception:  # noqa: S110 - optimiser without a scalar lr
+            except Exception:
                 pass
             ts = int(time.time() * 1000)
             step = step_offset + epoch
@@ -254,18 +264,17 @@ def make_epoch_logger(run_id: str, phase: str, step_offset: int = 0) -> Any:
     return _EpochLogger()
 
 
-def log_keras_model(
-    model: Any, name: str, x_example: Any, metadata: Mapping[str, Any]
-) -> str:
+def log_keras_model(model: Any, name: str, x_example: Any, metadata: Mapping[str, Any]) -> str:
     """Log a Keras model in the active run with a signature and pinned requirements.
 
     Returns the model URI (``models:/<model_id>``).
     """
     import keras
-    import mlflow
     import numpy as np
     import tensorflow as tf
     from mlflow.models import infer_signature
+
+    import mlflow
 
     preds = model.predict(x_example, verbose=0)
     signature = infer_signature(np.asarray(x_example, dtype=np.float32), preds)
@@ -286,17 +295,16 @@ def register_model(
     model_uri: str, name: str, alias: str, tags: Mapping[str, str], description: str = ""
 ) -> int:
     """Register ``model_uri`` under ``name`` and point ``alias`` at the new version."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
+    import mlflow
+
     client = MlflowClient()
-    try:
+    with suppress(Exception):
         client.create_registered_model(
             name,
             description="COVID-19 / bacterial / normal chest X-ray classifier (cxrflow).",
         )
-    except Exception:  # noqa: S110 - already exists
-        pass
     mv = mlflow.register_model(model_uri, name, tags=dict(tags))
     if description:
         client.update_model_version(name, mv.version, description=description)

@@ -71,8 +71,17 @@ def test_compiled_defaults_equal_params_yaml(compiled) -> None:
     params, spec, _ = compiled
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     plain = nulls_to_empty(params_to_dict(params))
-    for section in ("data", "ingest", "validate", "split", "train", "models", "evaluate",
-                    "register", "tracking"):
+    for section in (
+        "data",
+        "ingest",
+        "validate",
+        "split",
+        "train",
+        "models",
+        "evaluate",
+        "register",
+        "tracking",
+    ):
         assert inputs[f"{section}_params"]["defaultValue"] == plain[section], section
     assert inputs["profile"]["defaultValue"] == params.profile
     if params.profile == "paper":

@@ -28,8 +28,13 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp / "mlartifacts").as_uri())
     params = load_params(ROOT / "params.yaml", "smoke")
     out = run_local(params, tmp / "kfp")
-    yield {"out": out, "metrics": find_metrics(out["run_dir"]), "uri": uri, "tmp": tmp,
-           "params": params}
+    yield {
+        "out": out,
+        "metrics": find_metrics(out["run_dir"]),
+        "uri": uri,
+        "tmp": tmp,
+        "params": params,
+    }
     mp.undo()
 
 
@@ -47,8 +52,9 @@ def test_all_steps_ran_and_metrics_exist(local_run: dict) -> None:
 
 
 def test_mlflow_has_parent_four_model_runs_and_champion(local_run: dict) -> None:
-    import mlflow
     from mlflow.tracking import MlflowClient
+
+    import mlflow
 
     mlflow.set_tracking_uri(local_run["uri"])
     client = MlflowClient()
@@ -66,8 +72,10 @@ def test_mlflow_has_parent_four_model_runs_and_champion(local_run: dict) -> None
         assert "test_f1_macro" in r.data.metrics
         assert r.data.params["train.batch_size"] == "8"
         assert r.data.tags["cxrflow.profile"] == "smoke"
-        assert r.data.tags["cxrflow.data.manifest_hash"] == parent.data.tags[
-            "cxrflow.data.manifest_hash"]
+        assert (
+            r.data.tags["cxrflow.data.manifest_hash"]
+            == parent.data.tags["cxrflow.data.manifest_hash"]
+        )
         assert r.data.tags["cxrflow.data.origin"] == "phantom"
         hist = client.get_metric_history(r.info.run_id, "val_loss")
         assert len(hist) >= 1
@@ -86,19 +94,29 @@ def test_mlflow_has_parent_four_model_runs_and_champion(local_run: dict) -> None
 
 
 def test_predict_with_champion(local_run: dict, tmp_path: Path) -> None:
+    import numpy as np
     from PIL import Image
 
     from cxrflow.data.synthetic import render_radiograph
-
-    import numpy as np
 
     good = tmp_path / "a chest.png"
     Image.fromarray(render_radiograph("covid", np.random.default_rng(1), (200, 180))).save(good)
     bad = tmp_path / "broken.jpeg"
     bad.write_bytes(b"not a jpeg")
     env = {"MLFLOW_TRACKING_URI": local_run["uri"], "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "cxrflow.cli", "--params", str(ROOT / "params.yaml"),
-           "--profile", "smoke", "predict", str(good), str(bad), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrflow.cli",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--profile",
+        "smoke",
+        "predict",
+        str(good),
+        str(bad),
+        "--json",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     preds = json.loads(res.stdout)
@@ -106,6 +124,7 @@ def test_predict_with_champion(local_run: dict, tmp_path: Path) -> None:
     assert abs(sum(preds[0]["probabilities"].values()) - 1.0) < 1e-4
     assert preds[1]["predicted"] is None
     assert "broken.jpeg" in preds[1]["error"]
-    table = subprocess.run(cmd[:-1], capture_output=True, text=True, env=env, timeout=300,
-                           check=False)
+    table = subprocess.run(
+        cmd[:-1], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert "ERROR" in table.stdout and "predicted" in table.stdout

@@ -63,8 +63,9 @@ def test_profiles_override_only_a_few_keys() -> None:
         other = flatten_params(load_params(PARAMS, profile))
         changed = {k for k in paper if paper[k] != other[k]} - {"profile"}
         assert changed, profile
-        assert all(k.split(".")[0] in {"data", "split", "train", "validate", "evaluate"}
-                   for k in changed)
+        assert all(
+            k.split(".")[0] in {"data", "split", "train", "validate", "evaluate"} for k in changed
+        )
         assert len(changed) < 20
 
 

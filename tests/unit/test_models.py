@@ -43,8 +43,9 @@ def test_replace_classifier_keeps_features() -> None:
     m0 = build_model("small_cnn", 32, 3)
     m2 = replace_classifier(m0, 3)
     for name in ("conv0", "conv3", "dense"):
-        for a, b in zip(m0.get_layer(name).get_weights(), m2.get_layer(name).get_weights(),
-                        strict=True):
+        for a, b in zip(
+            m0.get_layer(name).get_weights(), m2.get_layer(name).get_weights(), strict=True
+        ):
             np.testing.assert_array_equal(a, b)
     w_old = m0.get_layer(CLASSIFIER_LAYER).get_weights()[0]
     w_new = m2.get_layer(CLASSIFIER_LAYER).get_weights()[0]
@@ -114,8 +115,13 @@ def test_train_model_scratch_and_transfer_phases() -> None:
         return []
 
     r2 = train_model(
-        ModelSpec("dataset_1", "small_cnn", "model_0"), params, classes, data,
-        base_model=r0.model, callbacks=cb, verbose=0,
+        ModelSpec("dataset_1", "small_cnn", "model_0"),
+        params,
+        classes,
+        data,
+        base_model=r0.model,
+        callbacks=cb,
+        verbose=0,
     )
     assert [p["phase"] for p in r2.phases] == ["head", "finetune"]
     assert seen == [("head", 0), ("finetune", 2)]
@@ -128,8 +134,11 @@ def test_train_model_scratch_and_transfer_phases() -> None:
 def test_model_3_without_weights_says_so(caplog: pytest.LogCaptureFixture) -> None:
     params = TrainParams(image_size=32, batch_size=8, epochs=1, patience=1, reduce_lr_patience=1)
     r = train_model(
-        ModelSpec("dataset_1", "resnet50", "imagenet", 11), params,
-        ("normal", "bacterial", "covid"), _tiny_data(12), verbose=0,
+        ModelSpec("dataset_1", "resnet50", "imagenet", 11),
+        params,
+        ("normal", "bacterial", "covid"),
+        _tiny_data(12),
+        verbose=0,
     )
     assert r.pretrained == "none"
     assert "NO PRETRAINED WEIGHTS" in caplog.text

@@ -12,28 +12,47 @@ from cxrflow.data.manifest import MANIFEST_COLUMNS
 from cxrflow.data.split import grouped_split, split_manifest, undersample
 
 
-def make_manifest(per_class: dict[tuple[str, str], int], images_per_patient: int = 3) -> pd.DataFrame:
+def make_manifest(
+    per_class: dict[tuple[str, str], int], images_per_patient: int = 3
+) -> pd.DataFrame:
     rows = []
     for (source, label), n in per_class.items():
         for i in range(n):
             pid = f"{source}:{label}-p{i // images_per_patient}"
             sha = hashlib.sha256(f"{source}{label}{i}".encode()).hexdigest()
-            rows.append({
-                "image_id": sha[:16], "path": f"images/{sha}.png", "label": label,
-                "source": source, "origin": "phantom", "patient_id": pid, "view": "",
-                "age_group": "pediatric" if source == "kermany" else "adult",
-                "width": 100, "height": 100, "mode": "L", "original_mode": "L", "sha256": sha,
-                "phash": "0" * 16, "original_path": f"{label}/{i}.png", "source_split": "",
-            })
+            rows.append(
+                {
+                    "image_id": sha[:16],
+                    "path": f"images/{sha}.png",
+                    "label": label,
+                    "source": source,
+                    "origin": "phantom",
+                    "patient_id": pid,
+                    "view": "",
+                    "age_group": "pediatric" if source == "kermany" else "adult",
+                    "width": 100,
+                    "height": 100,
+                    "mode": "L",
+                    "original_mode": "L",
+                    "sha256": sha,
+                    "phash": "0" * 16,
+                    "original_path": f"{label}/{i}.png",
+                    "source_split": "",
+                }
+            )
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
 @pytest.fixture
 def manifest() -> pd.DataFrame:
-    return make_manifest({
-        ("kermany", "normal"): 120, ("kermany", "bacterial"): 150, ("kermany", "viral"): 90,
-        ("cohen", "covid"): 80,
-    })
+    return make_manifest(
+        {
+            ("kermany", "normal"): 120,
+            ("kermany", "bacterial"): 150,
+            ("kermany", "viral"): 90,
+            ("cohen", "covid"): 80,
+        }
+    )
 
 
 def test_no_patient_in_two_splits_and_fractions(manifest: pd.DataFrame) -> None:

@@ -37,7 +37,7 @@ class SplitReport:
     patients: dict[str, dict[str, int]]  # dataset -> split -> n patients
     shortfalls: dict[str, dict[str, int]]  # dataset -> label -> missing images
     confounds: dict[str, list[str]] = field(default_factory=dict)  # dataset -> warnings
-    crosstabs: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    crosstabs: dict[str, dict[str, int]] = field(default_factory=dict)  # "<ds>.<attr>" -> counts
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -208,7 +208,7 @@ def split_manifest(
     patients: dict[str, dict[str, int]] = {}
     shortfalls: dict[str, dict[str, int]] = {}
     confounds: dict[str, list[str]] = {}
-    crosstabs: dict[str, dict[str, dict[str, int]]] = {}
+    crosstabs: dict[str, dict[str, int]] = {}
     for dataset in DATASETS:
         table, short = build_dataset(manifest, dataset, params)
         tables[dataset] = table
