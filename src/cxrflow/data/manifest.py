@@ -42,7 +42,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "original_mode",  # PIL mode of the input file (RGBA, I;16, CMYK, ...)
     "sha256",         # of the original file bytes
     "phash",          # 64-bit perceptual hash, hex
-    "original_path",  # path relative to the source root, as found
+    "original_path",  # as found, relative to the parent of the source root (includes its name)
     "source_split",   # the source's own split (Kermany train/test), "" if none
 )
 

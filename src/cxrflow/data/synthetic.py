@@ -222,7 +222,7 @@ def _sample_traits(
         position=(u(-0.1, 0.1), u(-0.1, 0.1)),
         zoom=u(0.85, 1.3) if age_group == "adult" else u(0.95, 1.3),
         arms_up=bool(rng.uniform() < (0.15 if age_group == "adult" else 0.5)),
-        severity=u(0.3, 1.0),
+        severity=u(0.5, 1.0),
         bact_side=int(rng.integers(0, 2)),
         bact_lobe=str(rng.choice(["upper", "middle", "lower"])),
         bact_center=(u(-0.3, 0.3), u(-0.3, 0.3)),

@@ -1,0 +1,871 @@
+"""Ingest: sources -> inspected, de-duplicated, content-addressed dataset directory.
+
+:func:`ingest` runs four stages and accounts for every input at each one:
+
+1. **discover** (:mod:`cxrflow.data.sources`): every Kermany file under a split folder and every
+   Cohen ``metadata.csv`` row is *considered*. Cohen rows outside the filter are *excluded*;
+   inputs with no derivable label, a missing file or a path escaping the root are *quarantined*.
+2. **inspect** (:func:`cxrflow.data.images.inspect_image`), in parallel processes, in chunks of
+   ``params.chunk_size`` with at most two chunks per worker in flight, so memory stays flat at
+   any size. Workers return small records and store kept images themselves. Unreadable, empty,
+   truncated, corrupt, bomb-sized, tiny or oddly-moded files are quarantined.
+3. **dedupe**: exact duplicates share a SHA-256; near duplicates are found by perceptual hash
+   (see below). A duplicate group whose labels disagree is quarantined entirely
+   (``duplicate_label_conflict``); a same-label group keeps one member (Kermany before Cohen,
+   then the lowest ``original_path``) and lists the others in ``duplicates.csv``.
+4. **write**: ``quarantine.csv``, ``duplicates.csv``, ``manifest.csv`` (each written to a tmp
+   file and renamed) and finally ``ingest_report.json``. The report is the completion marker:
+   it and the manifest are removed when a run starts, so a crashed run never leaves a manifest
+   next to a report that looks complete. Stored images no longer referenced are removed.
+
+The invariant ``considered == kept + quarantined + excluded_by_filter + duplicates_collapsed``
+is checked before anything is written; a violation raises.
+
+Near duplicates. Chest radiographs resemble each other globally, and the 64-bit phash (signs of
+the 8x8 lowest DCT frequencies) cannot tell them apart: on the real Kermany sample (5840 images)
+226 pairs lie within Hamming distance 4; 34 are byte-identical copies, the other 192 are
+*different* radiographs, all of distinct patients (10 of them within distance 2). Used alone at
+distance 4 the phash would drop 79 distinct images and quarantine 153 more in 29 false label
+conflicts (one chained group of 45). So a phash match only nominates a pair; it is confirmed
+when the z-normalised 32x32 thumbnails (mean 0, std 1: brightness and contrast invariant) differ
+by an RMSE of at most :data:`NEAR_DUPLICATE_MAX_RMSE`::
+
+    near duplicate  <=>  d64(phash) <= k  and  rmse(z-thumbnails) <= 0.20,  k = phash_distance
+
+Measured: JPEG re-encoding (quality 30-90), halving, squashing to 224x224, +8% brightness and
++10% contrast move a real radiograph (Kermany, Cohen, phantom) by d64 <= 4 and rmse <= 0.11;
+distinct radiographs within d64 <= 8 are at rmse >= 0.245 (Kermany; phantom >= 0.28). The
+256-bit phash is *not* a safe confirmation: it moved 22 bits between a Cohen image and its
+re-encoded copy in the 2020-08 supplement, and far more for smooth, low-detail images. Crops and
+burned-in annotations defeat global hashes: Cohen holds the same film cropped or annotated under
+two patient ids at rmse 0.21-0.25, overlapping the distinct-image tail, so those are not
+collapsed (precision first: a collapsed pair must be the same picture); pairs up to
+:data:`REVIEW_MAX_RMSE` are listed in the report's ``near_duplicate_review`` for a person.
+
+Candidate pairs come from multi-index hashing, never from all pairs: within distance k two
+64-bit hashes agree exactly on at least one of k + 1 bit bands (pigeonhole), so only pairs
+sharing a band value are compared; the work grows with those collisions, not with n^2. Groups
+are connected components of the confirmed pairs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cxrflow.config import IngestParams
+from cxrflow.data.images import THUMB_SIDE, ImageInfo, ImageRejected, inspect_image
+from cxrflow.data.manifest import (
+    DUPLICATE_COLUMNS,
+    DUPLICATES_FILE,
+    IMAGES_DIR,
+    INGEST_REPORT_FILE,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    QUARANTINE_COLUMNS,
+    QUARANTINE_FILE,
+    manifest_hash,
+    write_table,
+)
+from cxrflow.data.sources import (
+    COHEN,
+    KERMANY,
+    Candidate,
+    Excluded,
+    Rejected,
+    discover_cohen,
+    discover_kermany,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("discovered", "after_filter", "after_quarantine", "after_dedupe")
+CONFLICT_REASON = "duplicate_label_conflict"
+SOURCE_RANK: dict[str, int] = {KERMANY: 0, COHEN: 1}
+"""Which member of a same-label duplicate group is kept: lowest rank, then lowest path."""
+NEAR_DUPLICATE_MAX_RMSE = 0.20
+"""Near-duplicate confirmation: RMSE of z-normalised 32x32 thumbnails (in image std units)."""
+REVIEW_MAX_RMSE = 0.30
+"""Phash-close pairs with thumbnail RMSE in (NEAR_DUPLICATE_MAX_RMSE, this] are listed for review."""
+REVIEW_MAX_LISTED = 200
+NEAR_DUPLICATE_RULE = (
+    f"d64(phash) <= k (k = ingest.phash_distance) and "
+    f"rmse(z-normalised 32x32 thumbnails) <= {NEAR_DUPLICATE_MAX_RMSE}"
+)
+
+_STORED_NAME = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]+$")
+
+# Entry states
+_CANDIDATE, _EXCLUDED, _QUARANTINED, _KEPT, _DUPLICATE = range(5)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One considered input and what became of it."""
+
+    source: str
+    original_path: str
+    label: str
+    state: int
+    cand: Candidate | None = None
+    reason: str = ""
+    detail: str = ""
+    info: ImageInfo | None = None
+    excluded_file_present: bool = False
+
+
+@dataclass
+class IngestReport:
+    """What ingest did, with counts that add up exactly (also ``ingest_report.json``).
+
+    ``considered == kept + quarantined + excluded_by_filter + duplicates_collapsed``.
+
+    Attributes:
+        out_dir: The dataset directory written.
+        origin: ``real`` or ``phantom``.
+        sources: The source roots read (and the Cohen metadata files).
+        considered: Kermany files plus Cohen metadata rows.
+        kept: Rows of ``manifest.csv``.
+        quarantined: Rows of ``quarantine.csv``.
+        excluded_by_filter: Cohen rows outside the filter.
+        duplicates_collapsed: Rows of ``duplicates.csv``.
+        considered_by_source: ``{source: n}``.
+        stages: ``{stage: {source: {label: n}}}`` for :data:`STAGES`.
+        patients: ``{stage: {source: {label: distinct patient ids}}}`` for the last two stages.
+        quarantine_reasons: ``{reason: n}``.
+        quarantine_by_source: ``{source: {reason: n}}``.
+        excluded_reasons: ``{source: {reason: n}}``.
+        excluded_file_present: ``{source: {reason: n}}``, the excluded rows whose file exists.
+        duplicates: Dropped ``exact`` and ``near`` members, duplicate ``groups``,
+            ``cross_source`` drops, ``conflict_groups``, the largest 64-bit distance between a
+            kept and a dropped member, the confirmed ``near_pairs`` and their largest thumbnail
+            RMSE (``max_pair_rmse``).
+        conversions: ``{"<original_mode> -> <stored_mode>": n}`` for re-encoded images.
+        unreferenced: Files in a Cohen ``images/`` that no metadata row references.
+        unreferenced_paths: Their ``original_path`` (sorted).
+        manifest_hash: :func:`cxrflow.data.manifest.manifest_hash` of the manifest.
+        near_duplicate_review: Phash-close pairs *not* collapsed because their thumbnail RMSE
+            is just above the threshold (up to ``REVIEW_MAX_RMSE``): crops and annotated copies
+            of one film live there, next to distinct look-alikes. For a person to check; at most
+            ``REVIEW_MAX_LISTED`` listed, closest first.
+        near_duplicate_review_count: How many such pairs there are.
+        images_copied: Whether images were stored under ``images/``; when false the manifest's
+            ``path`` column names where they would be.
+        workers: Worker processes used (1 = in-process).
+        near_duplicate_rule: The near-duplicate rule, in words.
+        params: The ingest params (plain dict).
+        elapsed_s: Wall-clock seconds of the whole run.
+        inspect_s: Seconds spent inspecting images.
+        images_per_s: Inspected images per second of ``elapsed_s``.
+    """
+
+    out_dir: str
+    origin: str
+    sources: dict[str, Any]
+    considered: int
+    kept: int
+    quarantined: int
+    excluded_by_filter: int
+    duplicates_collapsed: int
+    considered_by_source: dict[str, int]
+    stages: dict[str, dict[str, dict[str, int]]]
+    patients: dict[str, dict[str, dict[str, int]]]
+    quarantine_reasons: dict[str, int]
+    quarantine_by_source: dict[str, dict[str, int]]
+    excluded_reasons: dict[str, dict[str, int]]
+    excluded_file_present: dict[str, dict[str, int]]
+    duplicates: dict[str, float]
+    conversions: dict[str, int]
+    unreferenced: int
+    unreferenced_paths: list[str]
+    manifest_hash: str
+    near_duplicate_review: list[dict[str, Any]]
+    near_duplicate_review_count: int
+    images_copied: bool
+    workers: int
+    near_duplicate_rule: str
+    params: dict[str, Any]
+    elapsed_s: float = 0.0
+    inspect_s: float = 0.0
+    images_per_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------- inspection
+
+
+def _inspect_chunk(
+    tasks: Sequence[tuple[int, str]], params: IngestParams, store_dir: str | None
+) -> list[tuple[int, ImageInfo | None, str, str]]:
+    """Worker: inspect a chunk of files; return ``(index, info, reason, detail)`` per file."""
+    out: list[tuple[int, ImageInfo | None, str, str]] = []
+    for idx, path in tasks:
+        try:
+            out.append((idx, inspect_image(path, params, store_dir=store_dir), "", ""))
+        except ImageRejected as exc:
+            out.append((idx, None, exc.reason, exc.detail))
+        except OSError:  # writing to the dataset dir failed (disk full, ...): fail the run
+            raise
+        except Exception as exc:  # a decoder bug must not lose the file from the accounting
+            out.append((idx, None, "corrupt", f"{type(exc).__name__}: {exc}"[:300]))
+    return out
+
+
+def _chunks(tasks: list[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+    for i in range(0, len(tasks), size):
+        yield tasks[i : i + size]
+
+
+def _resolve_workers(workers: int) -> int:
+    return workers if workers > 0 else max(1, os.cpu_count() or 1)
+
+
+def _inspect_all(
+    tasks: list[tuple[int, str]],
+    params: IngestParams,
+    store_dir: str | None,
+    n_workers: int,
+) -> Iterator[tuple[int, ImageInfo | None, str, str]]:
+    """Inspect ``tasks`` in ``n_workers`` processes, bounded in flight.
+
+    Runs in-process when ``n_workers`` is 1 or everything fits in one chunk (a pool would only
+    add start-up time). Yields results in completion order.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(tasks),
+        desc="ingest: inspect",
+        unit="img",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        mininterval=1.0,
+    )
+    try:
+        if n_workers <= 1 or len(tasks) <= params.chunk_size:
+            for chunk in _chunks(tasks, params.chunk_size):
+                results = _inspect_chunk(chunk, params, store_dir)
+                bar.update(len(results))
+                yield from results
+            return
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+        # forkserver: safe when the parent holds threads (fork could deadlock), cheaper than spawn
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        max_in_flight = 2 * n_workers
+        chunks = _chunks(tasks, params.chunk_size)
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+            pending: set[Future[list[tuple[int, ImageInfo | None, str, str]]]] = set()
+            while True:
+                while len(pending) < max_in_flight:
+                    nxt = next(chunks, None)
+                    if nxt is None:
+                        break
+                    pending.add(pool.submit(_inspect_chunk, nxt, params, store_dir))
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    results = fut.result()  # BrokenProcessPool propagates: the run fails loudly
+                    bar.update(len(results))
+                    yield from results
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------- dedupe
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int64)
+    as_bytes = x.astype(np.uint64).view(np.uint8).reshape(*x.shape, 8)  # pragma: no cover
+    return np.unpackbits(as_bytes, axis=-1).sum(axis=-1).astype(np.int64)  # pragma: no cover
+
+
+def _band_codes(h64: np.ndarray, n_bands: int) -> list[np.ndarray]:
+    """Split each 64-bit hash into ``n_bands`` contiguous bit bands; one int64 code per band."""
+    import numpy as np
+
+    edges = np.linspace(0, 64, n_bands + 1).round().astype(int)
+    codes = []
+    for a, b in itertools.pairwise(edges):
+        width = int(b - a)
+        mask = np.uint64((1 << width) - 1) if width < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
+        codes.append(((h64 >> np.uint64(64 - b)) & mask).astype(np.int64))
+    return codes
+
+
+def _candidate_pairs(h64: np.ndarray, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs sharing one of ``k + 1`` bands of the 64-bit hash, batch by batch.
+
+    Pigeonhole: hashes within Hamming distance ``k`` agree exactly on at least one of ``k + 1``
+    disjoint bands. Sorting by band code puts such pairs in contiguous runs; the loop over the
+    offset ``t`` only keeps positions whose run continues, so the total work is the number of
+    colliding pairs, and each batch holds at most ``n`` pairs.
+    """
+    import numpy as np
+
+    n = h64.shape[0]
+    for code in _band_codes(h64, k + 1):
+        order = np.argsort(code, kind="stable")
+        skey = code[order]
+        t = 1
+        active = np.flatnonzero(skey[:-1] == skey[1:])
+        while active.size:
+            yield order[active], order[active + t]
+            t += 1
+            active = active[active + t < n]
+            active = active[skey[active] == skey[active + t]]
+
+
+def _thumb_rmse(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """RMSE between z-normalised thumbnails (brightness and contrast invariant), batched."""
+    import numpy as np
+
+    out = np.empty(i.shape[0], dtype=np.float64)
+    for a in range(0, i.shape[0], 4096):
+        x = thumbs[i[a : a + 4096]].astype(np.float32)
+        y = thumbs[j[a : a + 4096]].astype(np.float32)
+        for arr in (x, y):
+            arr -= arr.mean(axis=1, keepdims=True)
+            arr /= np.maximum(arr.std(axis=1, keepdims=True), 1e-6)
+        out[a : a + 4096] = np.sqrt(((x - y) ** 2).mean(axis=1))
+    return out
+
+
+def phash_close_pairs(
+    phash64: Sequence[str], thumbs: np.ndarray, max_distance: int
+) -> list[tuple[int, int, int, float]]:
+    """All pairs ``(i, j, d64, rmse)``, ``i < j``, sorted, whose phashes differ in <= k bits.
+
+    Candidates come from multi-index hashing, so the cost grows with the number of band
+    collisions, not with n^2; ``rmse`` is the thumbnail distance used to confirm them.
+
+    Args:
+        phash64: 16-hex-digit hashes.
+        thumbs: ``(n, THUMB_SIDE**2)`` uint8 thumbnails, same order.
+        max_distance: ``k``, the 64-bit Hamming threshold.
+    """
+    import numpy as np
+
+    n = len(phash64)
+    if n < 2:
+        return []
+    h64 = np.array([int(h, 16) for h in phash64], dtype=np.uint64)
+    close_i: list[np.ndarray] = []
+    close_j: list[np.ndarray] = []
+    for i, j in _candidate_pairs(h64, max_distance):
+        ok = _popcount(h64[i] ^ h64[j]) <= max_distance
+        if ok.any():
+            close_i.append(np.minimum(i[ok], j[ok]))
+            close_j.append(np.maximum(i[ok], j[ok]))
+    if not close_i:
+        return []
+    # a pair can share several bands: keep it once
+    pairs = np.unique(np.stack([np.concatenate(close_i), np.concatenate(close_j)], axis=1), axis=0)
+    pi, pj = pairs[:, 0], pairs[:, 1]
+    d64 = _popcount(h64[pi] ^ h64[pj])
+    rmse = _thumb_rmse(thumbs, pi, pj)
+    return [
+        (int(a), int(b), int(d), float(r)) for a, b, d, r in zip(pi, pj, d64, rmse, strict=True)
+    ]
+
+
+def near_duplicate_pairs(
+    phash64: Sequence[str],
+    thumbs: np.ndarray,
+    max_distance: int,
+    max_rmse: float = NEAR_DUPLICATE_MAX_RMSE,
+) -> list[tuple[int, int, int, float]]:
+    """Near-duplicate pairs ``(i, j, d64, rmse)``, ``i < j``, sorted.
+
+    A pair is a near duplicate when its 64-bit phashes differ in at most ``max_distance`` bits
+    *and* its z-normalised 32x32 thumbnails differ by an RMSE of at most ``max_rmse`` (see the
+    module docstring for why the phash alone is not enough).
+
+    Args:
+        phash64: 16-hex-digit hashes.
+        thumbs: ``(n, THUMB_SIDE**2)`` uint8 thumbnails, same order.
+        max_distance: ``k``, the 64-bit Hamming threshold.
+        max_rmse: Thumbnail threshold, in standard deviations of the image.
+    """
+    return [p for p in phash_close_pairs(phash64, thumbs, max_distance) if p[3] <= max_rmse]
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _hamming_hex(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def _dedupe(
+    entries: list[_Entry], k: int
+) -> tuple[list[dict[str, Any]], dict[str, float], list[dict[str, Any]]]:
+    """Collapse duplicates among inspected entries (state ``_CANDIDATE`` with ``info``).
+
+    Mutates entry states: kept -> ``_KEPT``, dropped -> ``_DUPLICATE``, conflicting groups ->
+    ``_QUARANTINED``. Returns the ``duplicates.csv`` rows, summary counts, and the phash-close
+    pairs just above the confirmation threshold (for a person to review).
+    """
+    import numpy as np
+
+    live = [i for i, e in enumerate(entries) if e.state == _CANDIDATE and e.info is not None]
+    uf = _UnionFind(len(live))
+    # exact: same bytes
+    by_sha: dict[str, int] = {}
+    for pos, idx in enumerate(live):
+        sha = entries[idx].info.sha256  # type: ignore[union-attr]
+        if sha in by_sha:
+            uf.union(by_sha[sha], pos)
+        else:
+            by_sha[sha] = pos
+    # near: one representative per distinct sha
+    reps = sorted(by_sha.values())
+    infos = [entries[live[p]].info for p in reps]
+    thumbs = np.zeros((len(reps), THUMB_SIDE * THUMB_SIDE), dtype=np.uint8)
+    for row, info in enumerate(infos):
+        assert info is not None
+        thumbs[row] = np.frombuffer(info.thumb, dtype=np.uint8)
+    close = phash_close_pairs([i.phash for i in infos if i is not None], thumbs, k)
+    pairs = [p for p in close if p[3] <= NEAR_DUPLICATE_MAX_RMSE]
+    for a, b, _, _ in pairs:
+        uf.union(reps[a], reps[b])
+    review = []
+    for a, b, d, r in close:
+        # look-alikes just above the threshold that did not end up in one group anyway
+        if NEAR_DUPLICATE_MAX_RMSE < r <= REVIEW_MAX_RMSE and uf.find(reps[a]) != uf.find(reps[b]):
+            ea, eb = entries[live[reps[a]]], entries[live[reps[b]]]
+            review.append(
+                {
+                    "a": f"{ea.source}:{ea.original_path}",
+                    "b": f"{eb.source}:{eb.original_path}",
+                    "labels": f"{ea.label}/{eb.label}",
+                    "patients": f"{ea.cand.patient_id}/{eb.cand.patient_id}",  # type: ignore[union-attr]
+                    "distance": d,
+                    "rmse": round(r, 4),
+                }
+            )
+    review.sort(key=lambda x: (x["rmse"], x["a"], x["b"]))
+    groups: dict[int, list[int]] = defaultdict(list)
+    for pos, idx in enumerate(live):
+        groups[uf.find(pos)].append(idx)
+
+    rows: list[dict[str, Any]] = []
+    stats: dict[str, float] = dict.fromkeys(
+        ("exact", "near", "groups", "cross_source", "conflict_groups", "max_near_distance"), 0
+    )
+    stats["near_pairs"] = len(pairs)
+    stats["max_pair_rmse"] = round(max((p[3] for p in pairs), default=0.0), 4)
+    for members in groups.values():
+        if len(members) == 1:
+            entries[members[0]].state = _KEPT
+            continue
+        members.sort(
+            key=lambda m: (SOURCE_RANK.get(entries[m].source, 9), entries[m].original_path)
+        )
+        stats["groups"] += 1
+        labels = {entries[m].label for m in members}
+        if len(labels) > 1:
+            stats["conflict_groups"] += 1
+            for m in members:
+                e = entries[m]
+                others = [entries[o] for o in members if entries[o].label != e.label]
+                # name an identical file when there is one, else the first near duplicate
+                o = next((x for x in others if x.info.sha256 == e.info.sha256), others[0])  # type: ignore[union-attr]
+                same = e.info.sha256 == o.info.sha256  # type: ignore[union-attr]
+                e.state = _QUARANTINED
+                e.reason = CONFLICT_REASON
+                e.detail = (
+                    f"labelled {e.label} but {'identical to' if same else 'a near duplicate of'} "
+                    f"{o.source}:{o.original_path} labelled {o.label}"
+                    f" (group of {len(members)}: labels {sorted(labels)})"
+                )
+            continue
+        keep = entries[members[0]]
+        keep.state = _KEPT
+        kinfo = keep.info
+        assert kinfo is not None
+        for m in members[1:]:
+            e = entries[m]
+            assert e.info is not None
+            e.state = _DUPLICATE
+            exact = e.info.sha256 == kinfo.sha256
+            dist = 0 if exact else _hamming_hex(e.info.phash, kinfo.phash)
+            stats["exact" if exact else "near"] += 1
+            stats["cross_source"] += int(e.source != keep.source)
+            if not exact:
+                stats["max_near_distance"] = max(stats["max_near_distance"], dist)
+            rows.append(
+                {
+                    "kind": "exact" if exact else "near",
+                    "kept_image_id": kinfo.image_id,
+                    "dropped_original_path": e.original_path,
+                    "dropped_source": e.source,
+                    "kept_original_path": keep.original_path,
+                    "kept_source": keep.source,
+                    "distance": dist,
+                }
+            )
+    rows.sort(key=lambda r: (r["kept_image_id"], r["dropped_source"], r["dropped_original_path"]))
+    return rows, stats, review
+
+
+# ------------------------------------------------------------------------------------ ingest
+
+
+def _count(entries: Iterable[_Entry]) -> dict[str, dict[str, int]]:
+    c: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in entries:
+        c[e.source][e.label] += 1
+    return {s: dict(sorted(v.items())) for s, v in sorted(c.items())}
+
+
+def _count_patients(entries: Iterable[_Entry]) -> dict[str, dict[str, int]]:
+    c: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for e in entries:
+        if e.cand is not None:
+            c[e.source][e.label].add(e.cand.patient_id)
+    return {s: {k: len(v) for k, v in sorted(d.items())} for s, d in sorted(c.items())}
+
+
+def _nested_counter(pairs: Iterable[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    c: dict[str, Counter[str]] = defaultdict(Counter)
+    for a, b in pairs:
+        c[a][b] += 1
+    return {a: dict(sorted(v.items())) for a, v in sorted(c.items())}
+
+
+def _manifest_row(e: _Entry, origin: str) -> dict[str, Any]:
+    info, cand = e.info, e.cand
+    assert info is not None and cand is not None
+    return {
+        "image_id": info.image_id,
+        "path": info.rel_path,
+        "label": cand.label,
+        "source": cand.source,
+        "origin": origin,
+        "patient_id": cand.patient_id,
+        "view": cand.view,
+        "age_group": cand.age_group,
+        "width": info.width,
+        "height": info.height,
+        "mode": info.mode,
+        "original_mode": info.original_mode,
+        "sha256": info.sha256,
+        "phash": info.phash,
+        "original_path": cand.original_path,
+        "source_split": cand.source_split,
+    }
+
+
+def _prune_images(out: Path, keep: set[str]) -> int:
+    """Remove stored images not in ``keep`` (relative paths) and stray tmp files."""
+    images = out / IMAGES_DIR
+    removed = 0
+    if not images.is_dir():
+        return 0
+    for sub in images.iterdir():
+        if not (sub.is_dir() and re.fullmatch(r"[0-9a-f]{2}", sub.name)):
+            continue
+        for f in sub.iterdir():
+            rel = f"{IMAGES_DIR}/{sub.name}/{f.name}"
+            stray_tmp = f.name.startswith(".") and f.name.endswith(".tmp")
+            if f.is_file() and (stray_tmp or (_STORED_NAME.match(f.name) and rel not in keep)):
+                f.unlink()
+                removed += 1
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    return removed
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def ingest(
+    out_dir: str | Path,
+    params: IngestParams,
+    *,
+    kermany_dir: str | Path | None = None,
+    cohen_dirs: Iterable[str | Path] = (),
+    origin: str = "real",
+    cohen_metadata: Path | None = None,
+    copy_images: bool = True,
+) -> IngestReport:
+    """Build a dataset directory (see :mod:`cxrflow.data.manifest`) from Kermany and Cohen roots.
+
+    Args:
+        out_dir: The dataset directory to (re)write.
+        params: Decoding limits, duplicate threshold, parallelism.
+        kermany_dir: Kermany root (see :func:`cxrflow.data.sources.find_kermany_root`).
+        cohen_dirs: Cohen roots (``metadata.csv`` + ``images/``); duplicates across them and
+            with Kermany are collapsed.
+        origin: ``real`` or ``phantom``, copied to the manifest's ``origin`` column.
+        cohen_metadata: Read this ``metadata.csv`` instead of the root's own (one Cohen root
+            only), e.g. another version of the file.
+        copy_images: Store kept images under ``images/``. When false nothing is stored (a
+            dry run: the manifest's ``path`` names where each image would be).
+
+    Returns:
+        The report (also written to ``ingest_report.json``).
+
+    Raises:
+        ValueError: No source given, ``cohen_metadata`` with several Cohen roots, a metadata
+            file missing a required column, or ``origin`` not ``real``/``phantom``.
+        FileNotFoundError: A source root or metadata file that does not exist.
+        RuntimeError: When the counts do not add up (a bug), or a worker process died.
+    """
+    import pandas as pd
+
+    from cxrflow.config import params_to_dict
+
+    t0 = time.perf_counter()
+    cohen_roots = [Path(c) for c in cohen_dirs]
+    if kermany_dir is None and not cohen_roots:
+        raise ValueError("ingest: no source given (kermany_dir and cohen_dirs are both empty)")
+    if cohen_metadata is not None and len(cohen_roots) != 1:
+        raise ValueError("ingest: cohen_metadata needs exactly one Cohen root")
+    if origin not in ("real", "phantom"):
+        raise ValueError(f"ingest: origin must be 'real' or 'phantom', got {origin!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for marker in (INGEST_REPORT_FILE, MANIFEST_FILE):
+        (out / marker).unlink(missing_ok=True)
+
+    # 1. discover -----------------------------------------------------------------------------
+    entries: list[_Entry] = []
+    sources: dict[str, Any] = {"kermany_dir": None, "cohen_dirs": [], "cohen_metadata": []}
+    unreferenced: list[str] = []
+
+    def add(rec: Candidate | Rejected | Excluded) -> None:
+        if isinstance(rec, Candidate):
+            entries.append(_Entry(rec.source, rec.original_path, rec.label, _CANDIDATE, rec))
+        elif isinstance(rec, Rejected):
+            entries.append(
+                _Entry(
+                    rec.source,
+                    rec.original_path,
+                    rec.label,
+                    _QUARANTINED,
+                    reason=rec.reason,
+                    detail=rec.detail,
+                )
+            )
+        else:
+            entries.append(
+                _Entry(
+                    rec.source,
+                    rec.original_path,
+                    rec.label,
+                    _EXCLUDED,
+                    reason=rec.reason,
+                    detail=rec.detail,
+                    excluded_file_present=rec.file_present,
+                )
+            )
+
+    if kermany_dir is not None:
+        sources["kermany_dir"] = str(kermany_dir)
+        for krec in discover_kermany(kermany_dir):
+            add(krec)
+    for root in cohen_roots:
+        disc = discover_cohen(root, params.cohen, cohen_metadata)
+        sources["cohen_dirs"].append(str(root))
+        sources["cohen_metadata"].append(str(disc.metadata_csv))
+        records: list[Candidate | Rejected | Excluded] = [
+            *disc.candidates,
+            *disc.rejected,
+            *disc.excluded,
+        ]
+        for rec in records:
+            add(rec)
+        unreferenced.extend(disc.unreferenced)
+    # a deterministic order independent of discovery order
+    entries.sort(key=lambda e: (SOURCE_RANK.get(e.source, 9), e.original_path, e.reason))
+    stage_counts = {"discovered": _count(entries)}
+    stage_counts["after_filter"] = _count(e for e in entries if e.state != _EXCLUDED)
+    log.info("ingest: %d inputs considered", len(entries))
+
+    # 2. inspect ------------------------------------------------------------------------------
+    tasks = [(i, e.cand.path) for i, e in enumerate(entries) if e.cand is not None]
+    n_workers = _resolve_workers(params.workers)
+    if len(tasks) <= params.chunk_size:
+        n_workers = 1
+    store = str(out) if copy_images else None
+    t_inspect = time.perf_counter()
+    for idx, info, reason, detail in _inspect_all(tasks, params, store, n_workers):
+        e = entries[idx]
+        if info is None:
+            e.state, e.reason, e.detail = _QUARANTINED, reason, detail
+        else:
+            e.info = info
+    inspect_s = time.perf_counter() - t_inspect
+    stage_counts["after_quarantine"] = _count(e for e in entries if e.state == _CANDIDATE)
+    patients = {"after_quarantine": _count_patients(e for e in entries if e.state == _CANDIDATE)}
+
+    # 3. dedupe -------------------------------------------------------------------------------
+    dup_rows, dup_stats, review = _dedupe(entries, params.phash_distance)
+    kept = [e for e in entries if e.state == _KEPT]
+    stage_counts["after_dedupe"] = _count(kept)
+    patients["after_dedupe"] = _count_patients(kept)
+
+    # accounting ------------------------------------------------------------------------------
+    quarantined = [e for e in entries if e.state == _QUARANTINED]
+    excluded = [e for e in entries if e.state == _EXCLUDED]
+    n_dup = sum(e.state == _DUPLICATE for e in entries)
+    if (
+        any(e.state == _CANDIDATE for e in entries)
+        or len(entries) != (len(kept) + len(quarantined) + len(excluded) + n_dup)
+        or n_dup != len(dup_rows)
+    ):
+        raise RuntimeError(
+            f"ingest: counts do not add up: considered {len(entries)} != kept {len(kept)} + "
+            f"quarantined {len(quarantined)} + excluded {len(excluded)} + duplicates {n_dup}"
+        )
+
+    # 4. write --------------------------------------------------------------------------------
+    manifest = pd.DataFrame(
+        [_manifest_row(e, origin) for e in kept], columns=list(MANIFEST_COLUMNS)
+    ).sort_values("image_id", kind="stable", ignore_index=True)
+    if manifest["image_id"].duplicated().any():  # exact duplicates were collapsed: a bug
+        raise RuntimeError("ingest: duplicate image_id in the manifest")
+    quarantine = pd.DataFrame(
+        [
+            {
+                "source": e.source,
+                "original_path": e.original_path,
+                "reason": e.reason,
+                "detail": " ".join(e.detail.split()),
+            }
+            for e in quarantined
+        ],
+        columns=list(QUARANTINE_COLUMNS),
+    ).sort_values(["source", "original_path", "reason"], kind="stable", ignore_index=True)
+    write_table(quarantine, out / QUARANTINE_FILE, QUARANTINE_COLUMNS)
+    write_table(
+        pd.DataFrame(dup_rows, columns=list(DUPLICATE_COLUMNS)),
+        out / DUPLICATES_FILE,
+        DUPLICATE_COLUMNS,
+    )
+    write_table(manifest, out / MANIFEST_FILE, MANIFEST_COLUMNS)
+    if copy_images:
+        removed = _prune_images(out, set(manifest["path"]))
+        if removed:
+            log.info("ingest: removed %d stored images not in the manifest", removed)
+
+    conversions = Counter(
+        f"{e.info.original_mode} -> {e.info.mode} ({e.info.conversion})"
+        for e in kept
+        if e.info is not None and e.info.stored_as == "converted"
+    )
+    elapsed = time.perf_counter() - t0
+    report = IngestReport(
+        out_dir=str(out),
+        origin=origin,
+        sources=sources,
+        considered=len(entries),
+        kept=len(kept),
+        quarantined=len(quarantined),
+        excluded_by_filter=len(excluded),
+        duplicates_collapsed=n_dup,
+        considered_by_source=dict(sorted(Counter(e.source for e in entries).items())),
+        stages=stage_counts,
+        patients=patients,
+        quarantine_reasons=dict(sorted(Counter(e.reason for e in quarantined).items())),
+        quarantine_by_source=_nested_counter((e.source, e.reason) for e in quarantined),
+        excluded_reasons=_nested_counter((e.source, e.reason) for e in excluded),
+        excluded_file_present=_nested_counter(
+            (e.source, e.reason) for e in excluded if e.excluded_file_present
+        ),
+        duplicates=dup_stats,
+        conversions=dict(sorted(conversions.items())),
+        unreferenced=len(unreferenced),
+        unreferenced_paths=sorted(unreferenced),
+        manifest_hash=manifest_hash(manifest),
+        near_duplicate_review=review[:REVIEW_MAX_LISTED],
+        near_duplicate_review_count=len(review),
+        images_copied=copy_images,
+        workers=n_workers,
+        near_duplicate_rule=NEAR_DUPLICATE_RULE,
+        params=params_to_dict(params),
+        elapsed_s=round(elapsed, 3),
+        inspect_s=round(inspect_s, 3),
+        images_per_s=round(len(tasks) / elapsed, 1) if elapsed > 0 else 0.0,
+    )
+    _write_json_atomic(out / INGEST_REPORT_FILE, report.to_dict())
+    log.info("ingest: %s", summarize_report(report).splitlines()[0])
+    return report
+
+
+# --------------------------------------------------------------------------------- summary
+
+
+def summarize_report(report: IngestReport | dict[str, Any]) -> str:
+    """A short human-readable table of an ingest report (object or its dict)."""
+    r = report.to_dict() if isinstance(report, IngestReport) else report
+    lines = [
+        f"considered {r['considered']} = kept {r['kept']} + quarantined {r['quarantined']} + "
+        f"excluded {r['excluded_by_filter']} + duplicates {r['duplicates_collapsed']}"
+        f"  ({r.get('images_per_s', 0)} img/s, {r.get('elapsed_s', 0)} s)",
+    ]
+    stages = r["stages"]
+    keys = sorted({(s, lab) for st in stages.values() for s, d in st.items() for lab in d})
+    head = f"{'source':8} {'label':10}" + "".join(f"{s:>17}" for s in STAGES)
+    lines += [head, "-" * len(head)]
+    for s, lab in keys:
+        cells = "".join(f"{stages.get(st, {}).get(s, {}).get(lab, 0):>17}" for st in STAGES)
+        lines.append(f"{s:8} {lab:10}{cells}")
+    if r["quarantine_reasons"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in r["quarantine_reasons"].items())
+        lines.append(f"quarantined: {reasons}")
+    excl: Counter[str] = Counter()
+    for d in r["excluded_reasons"].values():
+        excl.update(d)
+    if excl:
+        lines.append("excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(excl.items())))
+    d = r["duplicates"]
+    lines.append(
+        f"duplicates: exact {d.get('exact', 0)}, near {d.get('near', 0)} in {d.get('groups', 0)}"
+        f" groups ({d.get('conflict_groups', 0)} label conflicts); "
+        f"{r.get('near_duplicate_review_count', 0)} look-alike pairs to review; "
+        f"unreferenced {r['unreferenced']}"
+    )
+    lines.append(f"manifest_hash {r['manifest_hash']}")
+    return "\n".join(lines)
