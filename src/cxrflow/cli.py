@@ -48,6 +48,58 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
+    params = _params(args)
+    data = params.data
+    repo = args.registry or data.registry or "."
+    paths = [p for p in (data.kermany_dir, *data.cohen_dirs) if p]
+    if not paths:
+        raise SystemExit("params data.kermany_dir / data.cohen_dirs name no tracked data paths")
+    return params, repo, paths
+
+
+def cmd_data_versions(args: argparse.Namespace) -> int:
+    from cxrflow.data.versions import list_versions
+
+    params, repo, _ = _registry(args)
+    versions = list_versions(
+        repo, params.data.kermany_dir, list(params.data.cohen_dirs), params.ingest.cohen
+    )
+    if args.json:
+        _print_json([v.__dict__ for v in versions])
+        return 0
+    labels = ("normal", "bacterial", "viral", "covid")
+    print(f"{'rev':<16} {'commit':<12} {'date':<25} " + " ".join(f"{x:>9}" for x in labels))
+    for v in versions:
+        counts = {lab: sum(c.get(lab, 0) for c in v.class_counts.values()) for lab in labels}
+        print(
+            f"{v.rev:<16} {v.commit[:12]:<12} {v.date:<25} "
+            + " ".join(f"{counts[x]:>9}" for x in labels)
+        )
+    return 0
+
+
+def cmd_data_rollback(args: argparse.Namespace) -> int:
+    from cxrflow.data.versions import rollback
+
+    _, repo, paths = _registry(args)
+    v = rollback(repo, args.rev, paths)
+    print(
+        f"working copy of {paths} restored to {args.rev} ({v.commit[:12]}); "
+        "commit the .dvc files to make it the new current version"
+    )
+    return 0
+
+
+def cmd_data_snapshot(args: argparse.Namespace) -> int:
+    from cxrflow.data.versions import snapshot
+
+    _, repo, paths = _registry(args)
+    v = snapshot(repo, paths, args.message, tag=args.tag, push=not args.no_push)
+    print(f"data version {v.rev} ({v.commit[:12]}): {v.dvc_hashes}")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from cxrflow.steps import run_ingest
 
@@ -218,6 +270,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True, help="output directory")
     s.set_defaults(func=cmd_synth)
+
+    reg_help = "data registry repo (default: params data.registry, else .)"
+    s = dsub.add_parser(
+        "versions",
+        help="list data versions (registry tags) with class counts",
+        description="List the data registry's versions with class counts computed from DVC "
+        "listings (no image download). Reads params: data, ingest.cohen.",
+    )
+    s.add_argument("--registry", default=None, help=reg_help)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_versions)
+    s = dsub.add_parser(
+        "rollback",
+        help="restore the working copy of the tracked data to REV",
+        description="Check out the .dvc files of REV and `dvc checkout` (pulling from the "
+        "remote as needed). Reads params: data.",
+    )
+    s.add_argument("rev", help="git tag or commit of the data registry")
+    s.add_argument("--registry", default=None, help=reg_help)
+    s.set_defaults(func=cmd_data_rollback)
+    s = dsub.add_parser(
+        "snapshot",
+        help="dvc add + git commit (+ tag) + dvc push the tracked data: a new data version",
+        description="Record the tracked data dirs as a new version. Reads params: data.",
+    )
+    s.add_argument("--message", "-m", required=True)
+    s.add_argument("--tag", default=None)
+    s.add_argument("--no-push", action="store_true")
+    s.add_argument("--registry", default=None, help=reg_help)
+    s.set_defaults(func=cmd_data_snapshot)
 
     s = sub.add_parser(
         "ingest",

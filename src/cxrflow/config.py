@@ -73,12 +73,26 @@ class DataParams:
     """Where the raw data lives. No Kermany dir and no Cohen dir means: generate phantom data.
 
     ``cohen_dirs`` takes several roots (e.g. the 2020-06-22 snapshot and the 2020-08 supplement);
-    duplicates across them are found and collapsed by ingest.
+    duplicates across them are found and collapsed by ingest. With ``registry`` (a git URL or
+    path of a DVC data registry) the dirs are paths *inside* that repository and ingest reads
+    them at ``version`` (a git tag or commit; null = the registry's HEAD) from its DVC remote.
     """
 
     kermany_dir: str | None = None
     cohen_dirs: tuple[str, ...] = ()
+    registry: str | None = None
+    version: str | None = None
     synth: SynthParams = field(default_factory=SynthParams)
+
+    def __post_init__(self) -> None:
+        if self.registry is not None:
+            _check(
+                self.kermany_dir is not None or bool(self.cohen_dirs),
+                "data.registry",
+                "needs data.kermany_dir and/or data.cohen_dirs (paths inside the registry)",
+            )
+        if self.version is not None:
+            _check(self.registry is not None, "data.version", "needs data.registry")
 
 
 @dataclass(frozen=True)

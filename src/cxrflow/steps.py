@@ -67,7 +67,10 @@ def read_provenance(dataset_dir: str | Path) -> Provenance:
 def _common_tags(params: Params, prov: Provenance) -> dict[str, str]:
     from cxrflow import tracking
 
+    hashes = prov.sources.get("dvc_hashes") or {}
+    extra = {"cxrflow.data.dvc_hashes": json.dumps(hashes, sort_keys=True)} if hashes else {}
     return {
+        **extra,
         tracking.TAG_PROFILE: params.profile,
         tracking.TAG_MANIFEST_HASH: prov.manifest_hash,
         tracking.TAG_DATA_VERSION: prov.data_version,
@@ -110,30 +113,43 @@ def run_ingest(
     out.mkdir(parents=True, exist_ok=True)
     run_id = pipeline_run_id or f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     data = params.data
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    try:
-        if data.kermany_dir is None and not data.cohen_dirs:
+    dvc_hashes: dict[str, str] = {}
+    commit = ""
+    with tempfile.TemporaryDirectory(prefix="cxrflow-raw-") as tmp:
+        if data.registry is not None:
+            from cxrflow.data.versions import materialize
+
+            rev = data_version or data.version
+            tracked = [p for p in (data.kermany_dir, *data.cohen_dirs) if p]
+            log.info("reading %s at %s from its DVC remote", data.registry, rev or "HEAD")
+            local, dv = materialize(data.registry, rev, tracked, Path(tmp))
+            kermany = local[data.kermany_dir] if data.kermany_dir else None
+            cohen = tuple(local[c] for c in data.cohen_dirs)
+            dvc_hashes = dict(dv.dvc_hashes)
+            commit = dv.commit
+            version = f"{dv.rev}@{dv.commit[:12]}" if dv.rev != dv.commit else dv.commit
+        elif data.kermany_dir is None and not data.cohen_dirs:
             from cxrflow.data.synthetic import generate_phantom
 
-            tmp = tempfile.TemporaryDirectory(prefix="cxrflow-phantom-")
             log.warning(
                 "no data configured (data.kermany_dir / data.cohen_dirs): "
                 "generating PHANTOM (synthetic) data; results say nothing clinical"
             )
-            summary = generate_phantom(Path(tmp.name), data.synth)
-            kermany: Path | None = summary.kermany_dir
-            cohen: tuple[Path, ...] = (summary.cohen_dir,)
-            origin = "phantom"
+            summary = generate_phantom(Path(tmp), data.synth)
+            kermany = summary.kermany_dir
+            cohen = (summary.cohen_dir,)
             version = data_version or f"phantom-seed{data.synth.seed}"
         else:
             kermany = Path(data.kermany_dir) if data.kermany_dir else None
             cohen = tuple(Path(c) for c in data.cohen_dirs)
-            origin = "real"
             version = data_version or "unversioned"
+        from cxrflow.data.synthetic import is_phantom
+
+        roots = [r for r in (kermany, *cohen) if r is not None]
+        origin = "phantom" if roots and all(is_phantom(r) for r in roots) else "real"
+        if origin == "real" and any(is_phantom(r) for r in roots):
+            raise ValueError(f"mixing phantom and real sources is not allowed: {roots}")
         report = ingest(out, params.ingest, kermany_dir=kermany, cohen_dirs=cohen, origin=origin)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     mhash = manifest_hash(read_manifest(out))
     prov = Provenance(
         pipeline_run_id=run_id,
@@ -144,13 +160,20 @@ def run_ingest(
         sources={
             "kermany_dir": data.kermany_dir,
             "cohen_dirs": list(data.cohen_dirs),
-            "phantom_seed": data.synth.seed if origin == "phantom" else None,
+            "registry": data.registry,
+            "registry_commit": commit,
+            "dvc_hashes": dvc_hashes,
+            "phantom_seed": data.synth.seed if origin == "phantom" and not data.registry else None,
         },
     )
     _write_json(out / PROVENANCE_FILE, asdict(prov))
     report_dict = _to_jsonable(report)
     parent = _parent_run(params, prov)
-    tracking.set_tags(parent, {tracking.TAG_STEP + ".ingest": "done"})
+    tags = {tracking.TAG_STEP + ".ingest": "done"}
+    if data.registry:
+        tags |= {"cxrflow.data.registry": data.registry, "cxrflow.data.commit": commit}
+        tags |= {f"cxrflow.data.dvc_md5.{k}": v for k, v in dvc_hashes.items()}
+    tracking.set_tags(parent, tags)
     for name in ("ingest_report.json", "quarantine.csv", "duplicates.csv", PROVENANCE_FILE):
         if (out / name).is_file():
             tracking.log_artifact(parent, out / name, "ingest")
@@ -202,7 +225,13 @@ def run_split(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> d
 
     out = Path(out_dir)
     prov = read_provenance(dataset_dir)
-    tables, report = split_manifest(read_manifest(dataset_dir), params.split)
+    report_path = Path(dataset_dir) / "ingest_report.json"
+    links = (
+        json.loads(report_path.read_text()).get("patient_links", [])
+        if report_path.is_file()
+        else []
+    )
+    tables, report = split_manifest(read_manifest(dataset_dir), params.split, links)
     write_splits(tables, report, out)
     parent = _parent_run(params, prov)
     tracking.log_artifact(parent, out / "split_report.json", "split")

@@ -109,3 +109,19 @@ def test_patient_with_two_labels_stays_together() -> None:
     m["patient_id"] = [f"kermany:person{i % 40}" for i in range(len(m))]
     t = grouped_split(m, 0.2, 0.125, seed=0)
     assert (t.groupby("patient_id")["split"].nunique() == 1).all()
+
+
+def test_linked_patients_stay_in_one_split() -> None:
+    """One film under two patient ids (found by ingest) joins those patients."""
+    from cxrflow.data.split import link_groups
+
+    m = make_manifest({("cohen", "covid"): 60}, images_per_patient=1)
+    pids = sorted(m["patient_id"].unique())
+    links = [(pids[i], pids[i + 1]) for i in range(0, 40, 2)]  # 20 linked pairs
+    for seed in range(5):
+        t = grouped_split(m, 0.3, 0.2, seed=seed, links=links)
+        split_of = dict(zip(t["patient_id"], t["split"], strict=True))
+        assert all(split_of[a] == split_of[b] for a, b in links)
+        assert set(t["patient_id"]) == set(pids)  # ids are not rewritten
+    groups = link_groups(["a", "b", "c", "d"], [("b", "c"), ("c", "d")])
+    assert groups == {"a": "a", "b": "b", "c": "b", "d": "b"}

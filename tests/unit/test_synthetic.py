@@ -107,7 +107,11 @@ def test_summary_points_at_the_real_layout_roots(phantom: PhantomSummary) -> Non
             "NORMAL",
             "PNEUMONIA",
         ]
-    assert sorted(p.name for p in phantom.cohen_dir.iterdir()) == ["images", "metadata.csv"]
+    assert sorted(p.name for p in phantom.cohen_dir.iterdir()) == [
+        "PHANTOM.md",
+        "images",
+        "metadata.csv",
+    ]
     assert set(phantom.counts) == {"normal", "bacterial", "viral", "covid", "cohen_other"}
 
 
@@ -415,3 +419,13 @@ def test_covid_is_bilateral_peripheral_and_lower_zone() -> None:
     assert left.mean() > 6 and right.mean() > 6
     assert periph.mean() > 5  # lower-zone periphery brighter than upper inner lung
     assert (periph > 0).mean() >= 0.75
+
+
+def test_phantom_label_travels_with_each_source_tree(tmp_path: Path) -> None:
+    from cxrflow.data.synthetic import is_phantom
+
+    phantom = generate_phantom(tmp_path / "ph", SynthParams(patients_per_class=2, seed=3))
+    assert is_phantom(phantom.kermany_dir)
+    assert is_phantom(phantom.cohen_dir)
+    assert (phantom.kermany_dir.parent / "PHANTOM.md").is_file()
+    assert not is_phantom(tmp_path)

@@ -162,6 +162,8 @@ class IngestReport:
             of one film live there, next to distinct look-alikes. For a person to check; at most
             ``REVIEW_MAX_LISTED`` listed, closest first.
         near_duplicate_review_count: How many such pairs there are.
+        patient_links: Pairs of patient ids linked by a duplicate group or a review pair: maybe
+            one person filed under two ids; the split keeps them in one split.
         images_copied: Whether images were stored under ``images/``; when false the manifest's
             ``path`` column names where they would be.
         workers: Worker processes used (1 = in-process).
@@ -194,6 +196,7 @@ class IngestReport:
     manifest_hash: str
     near_duplicate_review: list[dict[str, Any]]
     near_duplicate_review_count: int
+    patient_links: list[list[str]]
     images_copied: bool
     workers: int
     near_duplicate_rule: str
@@ -435,12 +438,13 @@ def _hamming_hex(a: str, b: str) -> int:
 
 def _dedupe(
     entries: list[_Entry], k: int
-) -> tuple[list[dict[str, Any]], dict[str, float], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], dict[str, float], list[dict[str, Any]], list[tuple[str, str]]]:
     """Collapse duplicates among inspected entries (state ``_CANDIDATE`` with ``info``).
 
     Mutates entry states: kept -> ``_KEPT``, dropped -> ``_DUPLICATE``, conflicting groups ->
     ``_QUARANTINED``. Returns the ``duplicates.csv`` rows, summary counts, and the phash-close
-    pairs just above the confirmation threshold (for a person to review).
+    pairs just above the confirmation threshold (for a person to review), and the patient-id
+    pairs linked by a shared film.
     """
     import numpy as np
 
@@ -481,6 +485,15 @@ def _dedupe(
                 }
             )
     review.sort(key=lambda x: (x["rmse"], x["a"], x["b"]))
+    # Patients linked by one film (a duplicate group, or a look-alike pair under review) may be
+    # one person filed twice: the split keeps linked patients together (leakage-safe default).
+    links: set[tuple[str, str]] = set()
+    for a, b, _, r in close:
+        if r <= REVIEW_MAX_RMSE:
+            pa = entries[live[reps[a]]].cand.patient_id  # type: ignore[union-attr]
+            pb = entries[live[reps[b]]].cand.patient_id  # type: ignore[union-attr]
+            if pa != pb:
+                links.add((min(pa, pb), max(pa, pb)))
     groups: dict[int, list[int]] = defaultdict(list)
     for pos, idx in enumerate(live):
         groups[uf.find(pos)].append(idx)
@@ -495,6 +508,8 @@ def _dedupe(
         if len(members) == 1:
             entries[members[0]].state = _KEPT
             continue
+        pids = sorted({entries[m].cand.patient_id for m in members})  # type: ignore[union-attr]
+        links.update((min(pids[0], p), max(pids[0], p)) for p in pids[1:])
         members.sort(
             key=lambda m: (SOURCE_RANK.get(entries[m].source, 9), entries[m].original_path)
         )
@@ -542,7 +557,7 @@ def _dedupe(
                 }
             )
     rows.sort(key=lambda r: (r["kept_image_id"], r["dropped_source"], r["dropped_original_path"]))
-    return rows, stats, review
+    return rows, stats, review, sorted(links)
 
 
 # ------------------------------------------------------------------------------------ ingest
@@ -741,7 +756,7 @@ def ingest(
     patients = {"after_quarantine": _count_patients(e for e in entries if e.state == _CANDIDATE)}
 
     # 3. dedupe -------------------------------------------------------------------------------
-    dup_rows, dup_stats, review = _dedupe(entries, params.phash_distance)
+    dup_rows, dup_stats, review, patient_links = _dedupe(entries, params.phash_distance)
     kept = [e for e in entries if e.state == _KEPT]
     stage_counts["after_dedupe"] = _count(kept)
     patients["after_dedupe"] = _count_patients(kept)
@@ -821,6 +836,7 @@ def ingest(
         manifest_hash=manifest_hash(manifest),
         near_duplicate_review=review[:REVIEW_MAX_LISTED],
         near_duplicate_review_count=len(review),
+        patient_links=[list(pair) for pair in patient_links],
         images_copied=copy_images,
         workers=n_workers,
         near_duplicate_rule=NEAR_DUPLICATE_RULE,

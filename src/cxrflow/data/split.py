@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,16 +124,45 @@ def _allocate(
     return chosen
 
 
+def link_groups(patient_ids: Iterable[str], links: Iterable[Sequence[str]]) -> dict[str, str]:
+    """Map each patient id to a group id: patients linked (transitively) share one group.
+
+    Links come from ingest (one film filed under two patient ids); the group id is the
+    smallest patient id of the group, so it is deterministic.
+    """
+    parent: dict[str, str] = {p: p for p in patient_ids}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in links:
+        if a in parent and b in parent:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    return {p: find(p) for p in parent}
+
+
 def grouped_split(
-    rows: pd.DataFrame, test_fraction: float, val_fraction: float, seed: int
+    rows: pd.DataFrame,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+    links: Iterable[Sequence[str]] = (),
 ) -> pd.DataFrame:
     """Assign ``split`` in {train, val, test}, grouped by patient, stratified by label.
 
     Each patient's *primary* label (its most frequent label; ties by name) is used for
     stratification, so patients with images of two labels (Kermany has such ``personN``) stay
-    together in one split.
+    together in one split. Patients joined by ``links`` count as one patient.
     """
     rng = np.random.default_rng(seed)
+    group = link_groups(rows["patient_id"].unique(), links)
+    original = rows
+    rows = rows.assign(patient_id=rows["patient_id"].map(group))
     counts = rows.groupby(["patient_id", "label"]).size().reset_index(name="k")
     counts = counts.sort_values(["patient_id", "k", "label"], ascending=[True, False, True])
     primary = counts.drop_duplicates("patient_id")[["patient_id", "label"]]
@@ -142,14 +172,19 @@ def grouped_split(
     test = _allocate(patients, test_fraction, rng)
     rest = patients[~patients["patient_id"].isin(test)]
     val = _allocate(rest, val_fraction, rng)
-    out = rows.copy()
+    out = original.copy()
     out["split"] = "train"
-    out.loc[out["patient_id"].isin(val), "split"] = "val"
-    out.loc[out["patient_id"].isin(test), "split"] = "test"
+    out.loc[rows["patient_id"].isin(val).to_numpy(), "split"] = "val"
+    out.loc[rows["patient_id"].isin(test).to_numpy(), "split"] = "test"
     return out
 
 
-def build_dataset(manifest: pd.DataFrame, dataset: str, params: SplitParams) -> tuple[
+def build_dataset(
+    manifest: pd.DataFrame,
+    dataset: str,
+    params: SplitParams,
+    links: Iterable[Sequence[str]] = (),
+) -> tuple[
     pd.DataFrame, dict[str, int]
 ]:
     """Undersample and split one dataset. Returns the split table and the shortfalls."""
@@ -161,7 +196,7 @@ def build_dataset(manifest: pd.DataFrame, dataset: str, params: SplitParams) -> 
     else:
         targets = {c: params.dataset_0_max_per_class for c in classes}
     kept, shortfalls = undersample(rows, targets, params.seed)
-    table = grouped_split(kept, params.test_fraction, params.val_fraction, params.seed)
+    table = grouped_split(kept, params.test_fraction, params.val_fraction, params.seed, links)
     table["dataset"] = dataset
     leaked = table.groupby("patient_id")["split"].nunique()
     if (leaked > 1).any():  # pragma: no cover - guarded by construction; GX checks it too
@@ -192,13 +227,14 @@ def detect_confounds(table: pd.DataFrame) -> tuple[list[str], dict[str, dict[str
 
 
 def split_manifest(
-    manifest: pd.DataFrame, params: SplitParams
+    manifest: pd.DataFrame, params: SplitParams, links: Iterable[Sequence[str]] = ()
 ) -> tuple[dict[str, pd.DataFrame], SplitReport]:
     """Build Dataset_0 and Dataset_1 split tables from the manifest.
 
     Args:
         manifest: The ingest manifest.
         params: Split parameters.
+        links: Patient-id pairs to keep together (ingest's ``patient_links``).
 
     Returns:
         ``{"dataset_0": table, "dataset_1": table}`` and a :class:`SplitReport`.
@@ -210,7 +246,7 @@ def split_manifest(
     confounds: dict[str, list[str]] = {}
     crosstabs: dict[str, dict[str, int]] = {}
     for dataset in DATASETS:
-        table, short = build_dataset(manifest, dataset, params)
+        table, short = build_dataset(manifest, dataset, params, links)
         tables[dataset] = table
         shortfalls[dataset] = short
         counts[dataset] = {

@@ -834,6 +834,12 @@ def _prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def is_phantom(root: str | Path) -> bool:
+    """Whether a source root (or one of its two parents) carries the ``PHANTOM.md`` label."""
+    p = Path(root)
+    return any((d / PHANTOM_NOTE).is_file() for d in (p, p.parent, p.parent.parent))
+
+
 def generate_phantom(out_dir: str | Path, params: SynthParams) -> PhantomSummary:
     """Write phantom Kermany and Cohen datasets, in their real layouts, under ``out_dir``.
 
@@ -861,4 +867,7 @@ def generate_phantom(out_dir: str | Path, params: SynthParams) -> PhantomSummary
     counts.update(_write_cohen(cohen_dir, params, rng))
     counts = {k: counts[k] for k in (*ALL_LABELS, "cohen_other")}
     note.write_text(_phantom_note(params, counts), encoding="utf-8")
+    # a copy inside each source tree, so the label travels when only those trees are versioned
+    for tree in (out / Path(KERMANY_SUBDIR).parts[0], cohen_dir):
+        shutil.copyfile(note, tree / PHANTOM_NOTE)
     return PhantomSummary(kermany_dir=kermany_dir, cohen_dir=cohen_dir, counts=counts)
