@@ -1,0 +1,832 @@
+"""Data registry: raw data versioned by DVC on an S3 remote; a data version is a git revision.
+
+A *registry* is a git repository whose raw data folders (``raw/kermany``, ``raw/cohen``) are
+tracked by DVC: one ``.dvc`` file per folder pins the folder's content hash (the md5 of its
+``.dir`` listing), git commits and tags those pins, and the DVC remote (S3) holds the content.
+A version is therefore any git revision, normally a tag such as ``data-v1``.
+
+- :func:`init_registry` and :func:`snapshot` write versions (``dvc add``, commit, tag, push).
+- :func:`list_versions` and :func:`resolve` describe versions; class counts come from
+  directory listings and Cohen's ``metadata.csv`` only, never from image downloads.
+- :func:`materialize` downloads some paths of a version into a folder, with no checkout.
+- :func:`rollback` restores the registry's working copy of the data to an older version.
+
+Endpoint and credentials. Nothing about them is written to tracked files. The S3 endpoint comes
+from the environment only (``AWS_ENDPOINT_URL``; ``AWS_ENDPOINT_URL_S3`` wins when both are set,
+as in botocore), credentials from boto3's default chain (``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``). DVC's S3 filesystem (s3fs on aiobotocore) honours
+``AWS_ENDPOINT_URL`` by itself, through botocore's configured-endpoint support, so the ``dvc``
+commands run here simply inherit the environment (and nothing goes to ``config.local`` where a
+stale endpoint could outlive the environment). In-process reads (``dvc.api.DVCFileSystem``) pass
+the same endpoint explicitly as ``remote_config={"endpointurl": ...}``, so that they do not
+depend on botocore's resolution and error messages can name the endpoint used.
+
+No other network. ``dvc`` runs with ``DVC_NO_ANALYTICS=1``; :func:`init_registry` also writes
+``core.analytics false`` and ``core.check_update false`` to the registry's config (DVC checks
+for updates only in ``dvc version``, but a person may run that in the registry). Git is only
+used locally.
+
+Commands run as subprocesses (``python -m dvc`` of this interpreter, and ``git``); a failing
+command raises :class:`DataRegistryError` (a :class:`RuntimeError`) naming the command and its
+error output. Commits use the configured git identity, or ``cxrflow <cxrflow@localhost>`` where
+none is configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import posixpath
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from cxrflow.config import CohenFilter
+from cxrflow.storage import endpoint_url_from_env
+
+if TYPE_CHECKING:
+    from dvc.api import DVCFileSystem
+
+log = logging.getLogger(__name__)
+
+GIT_FALLBACK_IDENTITY: tuple[tuple[str, str], ...] = (
+    ("user.name", "cxrflow"),
+    ("user.email", "cxrflow@localhost"),
+)
+"""Used for commits and tags only where git has no identity configured."""
+DEFAULT_REMOTE_NAME = "storage"
+HEAD = "HEAD"
+_UNSAVED_MARKER = "without confirmation"
+"""In DVC's message when ``dvc checkout`` would delete files missing from the cache."""
+_ERROR_TAIL = 4000
+
+
+class DataRegistryError(RuntimeError):
+    """A registry operation failed: a git/dvc command, a missing path, an unreachable remote."""
+
+
+class UnknownRevisionError(DataRegistryError, LookupError):
+    """The revision names no commit of the registry (not a tag, branch or commit id)."""
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """One version of the registry's data.
+
+    Attributes:
+        rev: The revision as given, or the (newest) tag name in :func:`list_versions`, or
+            ``HEAD`` for an untagged HEAD.
+        commit: Full git commit id.
+        tags: Tags pointing at the commit, newest first.
+        date: Committer date, ISO 8601.
+        message: Full commit message.
+        dvc_hashes: DVC-tracked path (relative to the repo root, POSIX) -> the md5 pinned by its
+            ``.dvc`` file at this commit (``<md5>.dir`` for a folder).
+        class_counts: ``"kermany"`` / ``"cohen"`` -> label -> number of inputs, from listings
+            (see :func:`list_versions`); empty when not computed.
+    """
+
+    rev: str
+    commit: str
+    tags: tuple[str, ...]
+    date: str
+    message: str
+    dvc_hashes: dict[str, str]
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    dvc_file: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """The default DVC remote of a registry at some revision, as used for a read."""
+
+    name: str | None
+    url: str | None
+    endpoint: str | None
+
+    def describe(self) -> str:
+        where = self.url or "no default remote"
+        if self.url and self.url.startswith("s3://"):
+            where += f" at endpoint {self.endpoint or 'AWS default (AWS_ENDPOINT_URL unset)'}"
+        return f"remote {self.name!r} ({where})"
+
+
+# ------------------------------------------------------------------------------ subprocesses
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _ERROR_TAIL else "..." + text[-_ERROR_TAIL:]
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no output)"
+
+
+def _run(
+    cmd: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in ``cwd``; with ``check``, a non-zero exit raises naming cmd and stderr."""
+    log.debug("run: %s (in %s)", shlex.join(cmd), cwd)
+    try:
+        proc = subprocess.run(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:
+        raise DataRegistryError(f"cannot run {shlex.join(cmd)!r} in {cwd}: {exc}") from exc
+    if check and proc.returncode != 0:
+        output = "\n".join(s for s in (_tail(proc.stderr), _tail(proc.stdout)) if s)
+        raise DataRegistryError(
+            f"command failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
+            f"  in {cwd}\n{output or '(no output)'}"
+        )
+    return proc
+
+
+def _dvc_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-m", "dvc", *args], root, env=_dvc_env(), check=check)
+
+
+def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return _run(["git", *args], root, check=check)
+
+
+def _git_identity_args(root: Path) -> list[str]:
+    """``-c user.name=... -c user.email=...`` for whichever of the two git lacks."""
+    args: list[str] = []
+    for key, value in GIT_FALLBACK_IDENTITY:
+        if _git(root, "config", "--get", key, check=False).returncode != 0:
+            args += ["-c", f"{key}={value}"]
+    return args
+
+
+# ------------------------------------------------------------------------------ git helpers
+
+
+def _repo_root(repo: str | os.PathLike[str]) -> Path:
+    root = Path(repo).expanduser().resolve()
+    if not (root / ".git").exists():
+        raise DataRegistryError(
+            f"{root}: not a data registry (no git repository there; see init_registry)"
+        )
+    return root
+
+
+def _norm_path(root: Path, path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the repo root, POSIX, no trailing slash; must stay inside it."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            p = p.resolve().relative_to(root)
+        except ValueError:
+            raise DataRegistryError(f"{path}: not inside the registry {root}") from None
+    rel = posixpath.normpath(p.as_posix())
+    if rel in (".", "") or rel == ".." or rel.startswith("../"):
+        raise DataRegistryError(f"{path!s}: not a path inside the registry {root}")
+    return rel
+
+
+def _tags_by_commit(root: Path) -> dict[str, list[str]]:
+    """Commit id -> tag names pointing at it, newest tag first."""
+    out = _git(
+        root,
+        "for-each-ref",
+        "--sort=-creatordate",
+        "--format=%(objectname)%00%(*objectname)%00%(refname:strip=2)",
+        "refs/tags",
+    ).stdout
+    tags: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        obj, peeled, name = line.split("\0")
+        tags.setdefault(peeled or obj, []).append(name)
+    return tags
+
+
+def _rev_parse(root: Path, rev: str) -> str:
+    proc = _git(
+        root,
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        "--end-of-options",
+        f"{rev}^{{commit}}",
+        check=False,
+    )
+    commit = proc.stdout.strip()
+    if proc.returncode != 0 or not commit:
+        tags = sorted(t for names in _tags_by_commit(root).values() for t in names)
+        raise UnknownRevisionError(
+            f"unknown data version {rev!r} in registry {root}: no tag, branch or commit of that "
+            f"name (tags: {', '.join(tags) or 'none'})"
+        )
+    return commit
+
+
+def _tracked_at(root: Path, commit: str) -> dict[str, _Tracked]:
+    """DVC-tracked path -> its ``.dvc`` file and pinned md5, from the ``.dvc`` files at commit."""
+    import yaml
+
+    names = _git(root, "ls-tree", "-r", "-z", "--name-only", commit).stdout.split("\0")
+    tracked: dict[str, _Tracked] = {}
+    for name in sorted(n for n in names if n.endswith(".dvc") and not n.startswith(".dvc/")):
+        text = _git(root, "show", f"{commit}:{name}").stdout
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise DataRegistryError(f"{name} at {commit[:12]}: not valid YAML: {exc}") from exc
+        for out in doc.get("outs") or []:
+            md5 = out.get("md5")
+            if not out.get("path") or not md5:
+                continue
+            path = posixpath.normpath(posixpath.join(posixpath.dirname(name), out["path"]))
+            tracked[path] = _Tracked(dvc_file=name, md5=str(md5))
+    return tracked
+
+
+def _describe(root: Path, rev: str, commit: str, tags: Mapping[str, list[str]]) -> DataVersion:
+    date, _, message = _git(root, "show", "-s", "--format=%cI%x00%B", commit).stdout.partition("\0")
+    return DataVersion(
+        rev=rev,
+        commit=commit,
+        tags=tuple(tags.get(commit, ())),
+        date=date.strip(),
+        message=message.strip(),
+        dvc_hashes={p: t.md5 for p, t in _tracked_at(root, commit).items()},
+    )
+
+
+# ------------------------------------------------------------------------------ DVC reads
+
+
+def _remote_at(root: Path, commit: str) -> _Remote:
+    """The default remote in effect at ``commit`` (tracked config at commit + local config)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root), rev=commit, uninitialized=True) as repo:
+        conf = repo.config
+        name = conf["core"].get("remote")
+        url = conf["remote"].get(name, {}).get("url") if name else None
+    return _Remote(name=name, url=url, endpoint=endpoint_url_from_env())
+
+
+@contextmanager
+def _open_fs(root: Path, commit: str) -> Iterator[tuple[DVCFileSystem, _Remote]]:
+    """A :class:`DVCFileSystem` of ``commit`` whose S3 remote uses the environment's endpoint."""
+    from dvc.api import DVCFileSystem
+
+    remote = _remote_at(root, commit)
+    remote_config: dict[str, Any] | None = None
+    if remote.endpoint and remote.url and remote.url.startswith("s3://"):
+        # Only S3 remotes accept ``endpointurl``; other remote types reject the key.
+        remote_config = {"endpointurl": remote.endpoint}
+    fs = DVCFileSystem(str(root), rev=commit, remote_config=remote_config)
+    try:
+        yield fs, remote
+    finally:
+        fs.close()
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost exception of a chain, as ``Type: message`` (DVC wraps network errors)."""
+    seen: set[int] = set()
+    inner = exc
+    while id(inner) not in seen:
+        seen.add(id(inner))
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None:
+            break
+        inner = nxt
+    if inner is exc:
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc} (caused by {type(inner).__name__}: {inner})"
+
+
+def _files_under(fs: DVCFileSystem, path: str) -> list[str] | None:
+    """Files under ``path`` (repo-relative POSIX), or ``None`` when the path does not exist."""
+    if not fs.exists(path):
+        return None
+    if not fs.isdir(path):
+        return [path]
+    return sorted(str(f).lstrip("/") for f in fs.find(path, detail=False))
+
+
+def _kermany_counts(rel_files: Iterable[str]) -> dict[str, int]:
+    """Label counts of a Kermany root from its file list (relative to the root), no I/O.
+
+    Mirrors :func:`~cxrflow.data.sources.find_kermany_root` (the split folders are in the root
+    or in its ``chest_xray/`` or ``dataset/``) and :func:`~cxrflow.data.sources.discover_kermany`
+    (label from the class folder and file name; files of other split-level folders are
+    ``unknown``). Folders next to the split folders are not counted.
+    """
+    from cxrflow.data.sources import (
+        KERMANY_CONTAINERS,
+        KERMANY_SPLITS,
+        UNKNOWN_LABEL,
+        kermany_label,
+    )
+
+    parts = [PurePosixPath(f).parts for f in rel_files]
+    base: tuple[str, ...] | None = None
+    for cand in ((), *((c,) for c in KERMANY_CONTAINERS)):
+        n = len(cand)
+        if any(len(p) > n + 1 and p[:n] == cand and p[n] in KERMANY_SPLITS for p in parts):
+            base = cand
+            break
+    counts: Counter[str] = Counter({"normal": 0, "bacterial": 0, "viral": 0})
+    if base is None:
+        return dict(counts)
+    for p in parts:
+        sub = p[len(base) :]
+        if p[: len(base)] != base or len(sub) < 2 or sub[0].lower() not in KERMANY_SPLITS:
+            continue
+        label = kermany_label(sub[1], sub[-1]) if len(sub) >= 3 else None
+        counts[label or UNKNOWN_LABEL] += 1
+    return dict(counts)
+
+
+def _cohen_covid_count(
+    fs: DVCFileSystem, cohen_path: str, files: set[str], flt: CohenFilter
+) -> int:
+    """Rows of ``<cohen_path>/metadata.csv`` that pass ``flt`` and name a listed file."""
+    from cxrflow.data.sources import _filter_reason, read_cohen_metadata
+
+    csv_path = f"{cohen_path}/metadata.csv"
+    if csv_path not in files and not fs.exists(csv_path):
+        raise DataRegistryError(f"{csv_path}: Cohen metadata.csv not found")
+    with tempfile.TemporaryDirectory(prefix="cxrflow-cohen-") as tmp:
+        local = Path(tmp) / "metadata.csv"
+        local.write_bytes(fs.cat_file(csv_path))
+        df = read_cohen_metadata(local)
+    n = 0
+    for row in df.to_dict("records"):
+        if _filter_reason(row, flt) is not None:
+            continue
+        target = posixpath.normpath(posixpath.join(cohen_path, row["folder"], row["filename"]))
+        n += target in files  # a path escaping the root is never among the root's files
+    return n
+
+
+def _class_counts(
+    fs: DVCFileSystem,
+    kermany_path: str | None,
+    cohen_paths: Sequence[str],
+    flt: CohenFilter,
+) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    if kermany_path is not None:
+        files = _files_under(fs, kermany_path)
+        if files is None:
+            log.info("versions: %s absent at this version", kermany_path)
+            counts["kermany"] = {}
+        else:
+            counts["kermany"] = _kermany_counts(posixpath.relpath(f, kermany_path) for f in files)
+    if cohen_paths:
+        covid, present = 0, False
+        for path in cohen_paths:
+            listed = _files_under(fs, path)
+            if listed is None:
+                log.info("versions: %s absent at this version", path)
+                continue
+            present = True
+            covid += _cohen_covid_count(fs, path, set(listed), flt)
+        counts["cohen"] = {"covid": covid} if present else {}
+    return counts
+
+
+def _with_counts(
+    root: Path,
+    version: DataVersion,
+    kermany_path: str | None,
+    cohen_paths: Sequence[str],
+    flt: CohenFilter,
+) -> DataVersion:
+    kermany = _norm_path(root, kermany_path) if kermany_path is not None else None
+    cohen = [_norm_path(root, p) for p in cohen_paths]
+    with _open_fs(root, version.commit) as (fs, remote):
+        try:
+            counts = _class_counts(fs, kermany, cohen, flt)
+        except DataRegistryError:
+            raise
+        except Exception as exc:
+            raise DataRegistryError(
+                f"registry {root} at {version.rev} ({version.commit[:12]}): cannot list the data "
+                f"from {remote.describe()}: {_root_cause(exc)}"
+            ) from exc
+    return dataclasses.replace(version, class_counts=counts)
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def init_registry(
+    repo_dir: str | os.PathLike[str], remote_url: str, remote_name: str = DEFAULT_REMOTE_NAME
+) -> None:
+    """Make ``repo_dir`` a data registry: git repo, DVC project, default remote; commit that.
+
+    Idempotent: an existing git repo or DVC project is kept and the remote is (re)set. Only the
+    remote's URL goes to the tracked ``.dvc/config``; endpoint and credentials stay in the
+    environment (see the module docstring).
+
+    Args:
+        repo_dir: The registry folder (created when missing).
+        remote_url: DVC remote URL, e.g. ``s3://bucket/dvcstore`` (any DVC remote URL works).
+        remote_name: Name of the remote, made the default.
+
+    Raises:
+        DataRegistryError: A git or dvc command failed.
+    """
+    root = Path(repo_dir).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / ".git").exists():
+        _git(root, "init", "-q")
+    if not (root / ".dvc").is_dir():
+        _dvc(root, "init")
+    _dvc(root, "remote", "add", "--force", "--default", remote_name, remote_url)
+    _dvc(root, "config", "core.analytics", "false")
+    _dvc(root, "config", "core.check_update", "false")
+    files = [f for f in (".dvc/config", ".dvc/.gitignore", ".dvcignore") if (root / f).exists()]
+    _git(root, "add", "--", *files)
+    unborn = _git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0
+    changed = _git(root, "diff", "--cached", "--quiet", "HEAD", "--", *files, check=False)
+    if unborn or changed.returncode != 0:
+        _git(
+            root,
+            *_git_identity_args(root),
+            "commit",
+            "-q",
+            "-m",
+            f"Data registry: DVC with default remote {remote_name}",
+            "--",
+            *files,
+        )
+    log.info("versions: registry %s, default remote %s = %s", root, remote_name, remote_url)
+
+
+def snapshot(
+    repo_dir: str | os.PathLike[str],
+    paths: Sequence[str],
+    message: str,
+    tag: str | None = None,
+    push: bool = True,
+) -> DataVersion:
+    """Record the current content of ``paths`` as a new version.
+
+    Runs ``dvc add`` on the paths, stages their ``.dvc`` files and ``.gitignore`` files, pushes
+    the data to the default remote (before committing, so that no commit or tag ever names
+    data the remote lacks), commits only those files (other staged changes stay staged), and
+    tags the commit. Unchanged data makes no new commit; the tag then names the current HEAD.
+    When the push fails nothing is committed; the ``.dvc`` files stay updated and staged and a
+    second call picks up from there.
+
+    Args:
+        repo_dir: The registry (see :func:`init_registry`).
+        paths: Data folders or files, relative to the registry root (or absolute inside it).
+        message: Commit (and annotated tag) message.
+        tag: Tag to create, e.g. ``data-v2``; must not exist yet.
+        push: Upload the data to the default remote.
+
+    Returns:
+        The new version (without class counts).
+
+    Raises:
+        DataRegistryError: A path is missing or outside the registry, the tag exists or is not
+            a valid name, or a git/dvc command (including the push) failed.
+    """
+    root = _repo_root(repo_dir)
+    rels = [_norm_path(root, p) for p in paths]
+    if not rels:
+        raise DataRegistryError("snapshot: no paths given")
+    for rel in rels:
+        if not (root / rel).exists():
+            raise DataRegistryError(f"snapshot: {rel} does not exist in {root}")
+    if tag is not None:
+        if _git(root, "check-ref-format", f"refs/tags/{tag}", check=False).returncode != 0:
+            raise DataRegistryError(f"snapshot: {tag!r} is not a valid tag name")
+        if _git(root, "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}", check=False).stdout:
+            raise DataRegistryError(f"snapshot: tag {tag!r} already exists in {root}")
+
+    _dvc(root, "add", *rels)
+    dvc_files = [f"{rel}.dvc" for rel in rels]
+    ignores = sorted(
+        {
+            posixpath.join(posixpath.dirname(rel), ".gitignore")
+            for rel in rels
+            if (root / posixpath.dirname(rel) / ".gitignore").is_file()
+        }
+    )
+    files = [*dvc_files, *ignores]
+    _git(root, "add", "--", *files)
+    if push:
+        try:
+            _dvc(root, "push", *dvc_files)
+        except DataRegistryError as exc:
+            raise DataRegistryError(
+                f"snapshot: the push failed, so nothing was committed or tagged; the .dvc files "
+                f"are updated and staged, and snapshot can simply be run again.\n{exc}"
+            ) from exc
+    unborn = _git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0
+    changed = unborn or (
+        _git(root, "diff", "--cached", "--quiet", "HEAD", "--", *files, check=False).returncode != 0
+    )
+    identity = _git_identity_args(root)
+    if changed:
+        _git(root, *identity, "commit", "-q", "-m", message, "--", *files)
+    else:
+        log.info("versions: %s unchanged since HEAD; no new commit", ", ".join(rels))
+    commit = _rev_parse(root, HEAD)
+    if tag is not None:
+        _git(root, *identity, "tag", "-a", "-m", message, "--", tag, commit)
+    log.info("versions: snapshot %s -> %s %s", rels, commit[:12], tag or "")
+    return _describe(root, tag or commit, commit, _tags_by_commit(root))
+
+
+def resolve(
+    repo: str | os.PathLike[str],
+    rev: str | None = None,
+    *,
+    counts: bool = False,
+    kermany_path: str | None = None,
+    cohen_paths: Sequence[str] = (),
+    cohen_filter: CohenFilter | None = None,
+) -> DataVersion:
+    """Describe one version.
+
+    Args:
+        repo: The registry (a local git repository).
+        rev: Tag, branch or commit; ``None`` means ``HEAD`` (the committed state, not the
+            working copy).
+        counts: Also compute class counts (see :func:`list_versions`); this reads listings
+            and ``metadata.csv`` from the DVC cache or the remote.
+        kermany_path: Kermany root in the registry, for the counts.
+        cohen_paths: Cohen roots in the registry, for the counts.
+        cohen_filter: Which Cohen rows count as COVID-19; default :class:`CohenFilter`.
+
+    Raises:
+        UnknownRevisionError: ``rev`` names no commit (the message names it and the tags).
+        DataRegistryError: Not a registry, or the listing could not be read from the remote.
+    """
+    root = _repo_root(repo)
+    name = rev if rev is not None else HEAD
+    version = _describe(root, name, _rev_parse(root, name), _tags_by_commit(root))
+    if counts:
+        version = _with_counts(
+            root, version, kermany_path, cohen_paths, cohen_filter or CohenFilter()
+        )
+    return version
+
+
+def list_versions(
+    repo: str | os.PathLike[str],
+    kermany_path: str | None,
+    cohen_paths: Sequence[str],
+    cohen_filter: CohenFilter,
+) -> list[DataVersion]:
+    """Every tagged version and HEAD, newest first, with class counts.
+
+    A commit with several tags is listed once (``rev`` is its newest tag); HEAD is listed as
+    ``HEAD`` unless it is tagged. Order is git's topological order (children before parents),
+    which commit dates of the same second cannot disturb.
+
+    Class counts come from listings, not images: ``kermany`` counts files per label as
+    :func:`~cxrflow.data.sources.discover_kermany` would (``normal``, ``bacterial``, ``viral``,
+    plus ``unknown`` for undecidable names); ``cohen`` counts the rows of each root's
+    ``metadata.csv`` at that version that pass ``cohen_filter`` and name a file present in the
+    listing (``covid``), summed over the roots, duplicates across roots included. A source
+    absent at a version gets ``{}``. Only ``.dir`` listings and ``metadata.csv`` are read (from
+    the DVC cache, else the remote).
+
+    Args:
+        repo: The registry (a local git repository).
+        kermany_path: Kermany root in the registry (e.g. ``raw/kermany``), or ``None``.
+        cohen_paths: Cohen roots in the registry (e.g. ``["raw/cohen"]``).
+        cohen_filter: Which Cohen rows count as COVID-19 frontal X-rays.
+
+    Raises:
+        DataRegistryError: Not a registry, or a listing could not be read from the remote.
+    """
+    root = _repo_root(repo)
+    tags = _tags_by_commit(root)
+    head = _git(root, "rev-parse", "--verify", "--quiet", HEAD, check=False).stdout.strip()
+    wanted = set(tags) | ({head} if head else set())
+    if not wanted:
+        return []
+    order = _git(root, "rev-list", "--topo-order", *sorted(wanted)).stdout.split()
+    versions = []
+    for commit in (c for c in order if c in wanted):
+        rev = tags[commit][0] if commit in tags else HEAD
+        version = _describe(root, rev, commit, tags)
+        versions.append(_with_counts(root, version, kermany_path, cohen_paths, cohen_filter))
+    return versions
+
+
+def materialize(
+    repo: str | os.PathLike[str],
+    rev: str | None,
+    paths: Sequence[str],
+    dest: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> tuple[dict[str, Path], DataVersion]:
+    """Download ``paths`` as they are at ``rev`` into ``dest`` (``dest/<path>``).
+
+    Reads through ``dvc.api.DVCFileSystem`` at the commit: content comes from the registry's
+    DVC cache where present, else from the remote; the registry's working copy and HEAD are
+    not touched. Each path is downloaded into a temporary folder inside ``dest`` and renamed
+    into place, so an interrupted download never leaves a partial ``dest/<path>``.
+
+    Args:
+        repo: The registry (a local git repository).
+        rev: Tag, branch or commit; ``None`` means ``HEAD``.
+        paths: Paths in the registry: DVC-tracked folders, or files or folders inside them.
+        dest: Output folder (created when missing).
+        overwrite: Replace an existing ``dest/<path>``; otherwise that raises.
+
+    Returns:
+        Local path per requested path (as normalised: POSIX, relative to the registry root),
+        and the version.
+
+    Raises:
+        UnknownRevisionError: ``rev`` names no commit.
+        FileExistsError: ``dest/<path>`` exists and ``overwrite`` is false.
+        DataRegistryError: A path does not exist at ``rev``, or the download failed (the message
+            names the remote and endpoint).
+    """
+    root = _repo_root(repo)
+    version = resolve(root, rev)
+    rels = [_norm_path(root, p) for p in paths]
+    if not rels:
+        raise DataRegistryError("materialize: no paths given")
+    out = Path(dest).expanduser().resolve()
+    targets = {rel: out.joinpath(*PurePosixPath(rel).parts) for rel in rels}
+    for rel, target in targets.items():
+        if (target.exists() or target.is_symlink()) and not overwrite:
+            raise FileExistsError(f"{target} exists (materialize {rel}@{version.rev})")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def tracked(rel: str) -> bool:
+        return any(rel == t or rel.startswith(t + "/") for t in version.dvc_hashes)
+
+    with _open_fs(root, version.commit) as (fs, remote):
+        for rel, target in targets.items():
+            try:
+                # Inside a tracked folder the download itself reports a missing path; asking
+                # exists() first would turn an unreachable remote into "does not exist".
+                if not tracked(rel) and not fs.exists(rel):
+                    raise DataRegistryError(
+                        f"{rel} does not exist at {version.rev} ({version.commit[:12]}) in "
+                        f"registry {root}; DVC-tracked there: {sorted(version.dvc_hashes)}"
+                    )
+                is_dir = fs.isdir(rel)
+                tmp = Path(tempfile.mkdtemp(prefix=".materialize-", dir=out))
+                try:
+                    part = tmp / "data"
+                    fs.get(rel, str(part), recursive=is_dir)
+                    if is_dir:
+                        part.mkdir(exist_ok=True)  # an empty folder downloads as nothing
+                    if target.exists() or target.is_symlink():
+                        _remove(target)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(part, target)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            except DataRegistryError:
+                raise
+            except Exception as exc:
+                raise DataRegistryError(
+                    f"materialize {rel} at {version.rev} ({version.commit[:12]}) from registry "
+                    f"{root}: download from {remote.describe()} failed: {_root_cause(exc)}"
+                ) from exc
+            log.info("versions: materialized %s@%s -> %s", rel, version.rev, target)
+    return targets, version
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def rollback(
+    repo_dir: str | os.PathLike[str],
+    rev: str,
+    paths: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+) -> DataVersion:
+    """Restore the registry's working copy of the tracked data to version ``rev``.
+
+    Writes the ``.dvc`` files of ``rev`` over the current ones and runs ``dvc checkout`` on
+    them; objects missing from the local cache are fetched from the remote first. HEAD and the
+    branch do not move: afterwards the ``.dvc`` files are modified and staged (``git status``
+    shows them), so that ``git commit`` records the rollback as a new version, and
+    ``git checkout HEAD -- <file>.dvc`` followed by ``dvc checkout`` undoes it. Other staged
+    changes are left as they are. When the checkout fails, the previous ``.dvc`` files are put
+    back (best effort for the data, see ``DataRegistryError``'s message).
+
+    DVC refuses to delete working-copy files that are not in its cache (data added but never
+    snapshotted); such a rollback fails unless ``force`` is true, which discards them.
+
+    Args:
+        repo_dir: The registry.
+        rev: Tag, branch or commit to restore.
+        paths: Tracked paths to restore; default all paths tracked at ``rev``. Paths tracked
+            now but not at ``rev`` are left alone (and logged).
+        force: Pass ``--force`` to ``dvc checkout``.
+
+    Returns:
+        The version restored (without class counts).
+
+    Raises:
+        UnknownRevisionError: ``rev`` names no commit.
+        DataRegistryError: A path is not tracked at ``rev``, or the checkout or the fetch failed.
+    """
+    root = _repo_root(repo_dir)
+    commit = _rev_parse(root, rev)
+    at_rev = _tracked_at(root, commit)
+    if paths is None:
+        wanted = sorted(at_rev)
+        head = _git(root, "rev-parse", "--verify", "--quiet", HEAD, check=False).stdout.strip()
+        newer = sorted(set(_tracked_at(root, head)) - set(at_rev)) if head else []
+        if newer:
+            log.warning("rollback: %s not tracked at %s; left as they are", newer, rev)
+    else:
+        wanted = [_norm_path(root, p) for p in paths]
+        for p in wanted:
+            if p not in at_rev:
+                raise DataRegistryError(
+                    f"rollback: {p} is not DVC-tracked at {rev} ({commit[:12]}); "
+                    f"tracked there: {sorted(at_rev)}"
+                )
+    if not wanted:
+        raise DataRegistryError(f"rollback: nothing is DVC-tracked at {rev} ({commit[:12]})")
+    dvc_files = sorted({at_rev[p].dvc_file for p in wanted})
+
+    before = {f: (root / f).read_bytes() if (root / f).is_file() else None for f in dvc_files}
+    for f in dvc_files:
+        (root / f).write_bytes(_git(root, "show", f"{commit}:{f}").stdout.encode("utf-8"))
+    checkout = ["checkout", *(["--force"] if force else []), *dvc_files]
+    touched = True  # whether a failed checkout may have changed the working copy
+    try:
+        first = _dvc(root, *checkout, check=False)
+        if first.returncode != 0:
+            if _UNSAVED_MARKER in first.stderr + first.stdout:
+                # DVC refuses before changing anything: fetching cannot help.
+                touched = False
+                raise DataRegistryError(
+                    "dvc checkout refuses to delete working-copy files that are not in the DVC "
+                    "cache (data changed since the last snapshot?): snapshot them first, or "
+                    f"pass force=True to discard them.\n{_tail(first.stderr or first.stdout)}"
+                )
+            # Otherwise objects are missing from the cache: fetch them and check out again.
+            log.info("rollback: objects missing from the cache, fetching %s", dvc_files)
+            _dvc(root, "fetch", *dvc_files)
+            _dvc(root, *checkout)
+    except DataRegistryError as exc:
+        for f, content in before.items():
+            if content is None:
+                (root / f).unlink(missing_ok=True)
+            else:
+                (root / f).write_bytes(content)
+        state = "the working copy was not changed"
+        restored = [f for f, c in before.items() if c is not None]
+        if touched and restored:
+            back = _dvc(root, "checkout", *restored, check=False)
+            state = (
+                "the previous data was checked out again"
+                if back.returncode == 0
+                else "checking the previous data out again failed too (run `dvc pull` there "
+                f"when the remote is reachable): {_first_line(back.stderr)}"
+            )
+        raise DataRegistryError(
+            f"rollback of {root} to {rev} failed; its .dvc files were restored and {state}.\n{exc}"
+        ) from exc
+    _git(root, "add", "--", *dvc_files)
+    log.info("versions: rolled %s back to %s (%s)", wanted, rev, commit[:12])
+    return _describe(root, rev, commit, _tags_by_commit(root))
