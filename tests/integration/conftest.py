@@ -84,12 +84,15 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         mp.setenv("NO_PROXY", "127.0.0.1,localhost")
         mp.setenv("no_proxy", "127.0.0.1,localhost")
         mp.setenv("DVC_NO_ANALYTICS", "1")
+        mp.setenv("CXRFLOW_DVC_TIMEOUT", "300")  # a hang fails the test instead of CI
         for name in ("DVC_GLOBAL_CONFIG_DIR", "DVC_SYSTEM_CONFIG_DIR", "DVC_SITE_CACHE_DIR"):
             mp.setenv(name, str(home / name.lower()))
 
+        # the request log goes to a file: a pipe nobody reads fills up and blocks the server
+        log = open(home / "moto.log", "wb")  # noqa: SIM115 - closed in the finally below
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.PIPE,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
@@ -102,8 +105,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-            if proc.stdout:
-                proc.stdout.close()
+            log.close()
 
 
 def tree_digest(root: Path, rels: tuple[str, ...] = TRACKED) -> dict[str, str]:

@@ -141,8 +141,13 @@ def _first_line(text: str) -> str:
 def _run(
     cmd: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` in ``cwd``; with ``check``, a non-zero exit raises naming cmd and stderr."""
+    """Run ``cmd`` in ``cwd``; with ``check``, a non-zero exit raises naming cmd and stderr.
+
+    A command that does not finish within ``CXRFLOW_DVC_TIMEOUT`` seconds (default 1800) is
+    killed and reported: a stuck remote must fail a nightly run, not hang it.
+    """
     log.debug("run: %s (in %s)", shlex.join(cmd), cwd)
+    timeout = float(os.environ.get("CXRFLOW_DVC_TIMEOUT", "1800"))
     try:
         proc = subprocess.run(
             list(cmd),
@@ -151,7 +156,12 @@ def _run(
             capture_output=True,
             text=True,
             check=False,
+            timeout=timeout,
         )
+    except subprocess.TimeoutExpired as exc:
+        raise DataRegistryError(
+            f"command timed out after {timeout:.0f} s: {shlex.join(cmd)} (in {cwd})"
+        ) from exc
     except OSError as exc:
         raise DataRegistryError(f"cannot run {shlex.join(cmd)!r} in {cwd}: {exc}") from exc
     if check and proc.returncode != 0:
