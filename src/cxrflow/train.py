@@ -88,6 +88,7 @@ def _fit(
         epochs=p.epochs,
         callbacks=callbacks,
         class_weight=weights,
+        shuffle=False,  # the tf.data pipeline already reshuffles every epoch
         verbose=verbose,
     )
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
