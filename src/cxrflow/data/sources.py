@@ -341,7 +341,7 @@ def cohen_age_group(age: str) -> str:
     return "adult" if value >= 18 else "pediatric"
 
 
-def _filter_reason(row: dict[str, str], flt: CohenFilter) -> tuple[str, str] | None:
+def cohen_filter_reason(row: dict[str, str], flt: CohenFilter) -> tuple[str, str] | None:
     finding = row["finding"]
     if flt.finding_contains not in finding:
         return "not_covid_finding", f"finding={finding!r}"
@@ -398,7 +398,7 @@ def discover_cohen(
         present = target is not None and target.is_file()
         if target is not None:
             referenced.add(target)
-        excl = _filter_reason(row, flt)
+        excl = cohen_filter_reason(row, flt)
         if excl is not None:
             label = "covid" if excl[0] != "not_covid_finding" else OTHER_FINDING
             out.excluded.append(Excluded(COHEN, original, excl[0], excl[1], label, present))

@@ -384,7 +384,7 @@ def _cohen_covid_count(
     fs: DVCFileSystem, cohen_path: str, files: set[str], flt: CohenFilter
 ) -> int:
     """Rows of ``<cohen_path>/metadata.csv`` that pass ``flt`` and name a listed file."""
-    from cxrflow.data.sources import _filter_reason, read_cohen_metadata
+    from cxrflow.data.sources import cohen_filter_reason, read_cohen_metadata
 
     csv_path = f"{cohen_path}/metadata.csv"
     if csv_path not in files and not fs.exists(csv_path):
@@ -395,7 +395,7 @@ def _cohen_covid_count(
         df = read_cohen_metadata(local)
     n = 0
     for row in df.to_dict("records"):
-        if _filter_reason(row, flt) is not None:
+        if cohen_filter_reason(row, flt) is not None:
             continue
         target = posixpath.normpath(posixpath.join(cohen_path, row["folder"], row["filename"]))
         n += target in files  # a path escaping the root is never among the root's files
