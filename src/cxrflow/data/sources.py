@@ -342,6 +342,11 @@ def cohen_age_group(age: str) -> str:
 
 
 def cohen_filter_reason(row: dict[str, str], flt: CohenFilter) -> tuple[str, str] | None:
+    """Why a Cohen metadata row is excluded, as ``(reason, detail)``; ``None`` if it is kept.
+
+    Reasons: ``not_covid_finding``, ``modality_not_xray``, ``view_not_frontal`` (checked in
+    that order, so each excluded row is counted once).
+    """
     finding = row["finding"]
     if flt.finding_contains not in finding:
         return "not_covid_finding", f"finding={finding!r}"
