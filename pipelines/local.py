@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrflow.config import Params
-from pipelines.cxrflow_pipeline import PIPELINE_NAME, build_pipeline
+from pipelines.cxrflow_pipeline import build_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,3 @@ def find_metrics(run_dir: str | Path) -> dict[str, Any]:
     if not hits:
         raise FileNotFoundError(f"no evaluation/metrics.json under {run_dir}")
     return json.loads(hits[-1].read_text())
-
-
-__all__ = ["PIPELINE_NAME", "find_metrics", "run_local"]

@@ -474,11 +474,6 @@ def params_to_dict(params: Any) -> Any:
     return _to_plain(params)
 
 
-def section_from_dict(cls: type, data: Mapping[str, Any], name: str) -> Any:
-    """Rebuild one section dataclass from its plain dict (used by KFP components)."""
-    return _build(cls, data, name)
-
-
 def params_from_sections(sections: Mapping[str, Any]) -> Params:
     """Rebuild :class:`Params` from a mapping of section dicts (as passed to KFP steps)."""
     return _build(Params, dict(sections))

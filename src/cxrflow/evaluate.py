@@ -101,8 +101,6 @@ def evaluate_model(
     latency_warmup: int,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Predict the test split and compute metrics and latency; returns (metrics, probabilities)."""
-    import numpy as np
-
     probs = np.asarray(model.predict(x.astype(np.float32), verbose=0))
     metrics = compute_metrics(y, probs.argmax(axis=1), classes)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 import uuid
@@ -516,10 +515,3 @@ def run_register(params: Params, evaluation_dir: str | Path, out_dir: str | Path
     _write_json(out / REGISTERED_FILE, info)
     tracking.set_tags(m["run_id"], {"cxrflow.champion": "true"})
     return info
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a directory (used by adapters that must materialise an artifact)."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)

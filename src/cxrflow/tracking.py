@@ -217,17 +217,6 @@ def model_run(
         raise
 
 
-def find_model_run(experiment_name: str, pipeline_run_id: str, model_key: str) -> str | None:
-    """Run id of the nested run of ``model_key`` in ``pipeline_run_id`` (or ``None``)."""
-    exp_id = configure(experiment_name)
-    flt = (
-        f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and "
-        f"tags.`{TAG_MODEL_KEY}` = '{model_key}'"
-    )
-    found = _search_one(exp_id, flt)
-    return None if found is None else str(found.info.run_id)
-
-
 def make_epoch_logger(run_id: str, phase: str, step_offset: int = 0) -> Any:
     """A Keras callback logging every epoch's metrics (and learning rate) to ``run_id``.
 

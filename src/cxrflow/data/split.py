@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrflow.config import DATASETS, SplitParams
-from cxrflow.data.manifest import SPLIT_COLUMNS, read_manifest, write_table
+from cxrflow.data.manifest import SPLIT_COLUMNS, write_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -288,7 +288,3 @@ def write_splits(
         write_table(table, out / f"{name}.csv", SPLIT_COLUMNS)
     (out / SPLIT_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
 
-
-def load_manifest_for_split(dataset_dir: str | Path) -> pd.DataFrame:
-    """Read the manifest of a dataset directory (thin alias for symmetry with the CLI)."""
-    return read_manifest(dataset_dir)
