@@ -30,21 +30,13 @@ def preprocess_image(path: str | Path, image_size: int) -> np.ndarray:
     """
     from PIL import Image, ImageOps
 
+    from cxrflow.data.images import to_storable
+
     try:
         with Image.open(path) as raw:
-            im: Image.Image = ImageOps.exif_transpose(raw)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-                im = Image.fromarray(arr.astype(np.uint8), mode="L")
-            elif im.mode in ("RGBA", "LA", "P", "PA"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(bg, im).convert("L")
-            else:
-                im = im.convert("L")
-            im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            # the same mode rule as ingest (alpha on black, 16-bit min-max, CMYK -> L)
+            stored, _ = to_storable(ImageOps.exif_transpose(raw))
+            im = stored.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)[..., None]
     except Exception as exc:
         raise ValueError(f"{path}: cannot decode image: {exc}") from exc
