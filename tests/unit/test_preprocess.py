@@ -26,5 +26,5 @@ def test_modes_are_converted_like_ingest(tmp_path: Path) -> None:
 def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "text.png"
     bad.write_text("not an image")
-    with pytest.raises(ValueError, match="text.png"):
+    with pytest.raises(ValueError, match=r"text\.png"):
         preprocess_image(bad, 32)
