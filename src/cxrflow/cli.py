@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cxrflow.config import MODEL_KEYS, PROFILES
+from cxrflow.config import ALL_LABELS, MODEL_KEYS, PROFILES
 
 log = logging.getLogger("cxrflow")
 
@@ -52,7 +52,7 @@ def _registry(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
     params = _params(args)
     data = params.data
     repo = args.registry or data.registry or "."
-    paths = [p for p in (data.kermany_dir, *data.cohen_dirs) if p]
+    paths = data.source_paths
     if not paths:
         raise SystemExit("params data.kermany_dir / data.cohen_dirs name no tracked data paths")
     return params, repo, paths
@@ -68,10 +68,10 @@ def cmd_data_versions(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([v.__dict__ for v in versions])
         return 0
-    labels = ("normal", "bacterial", "viral", "covid")
+    labels = ALL_LABELS
     print(f"{'rev':<16} {'commit':<12} {'date':<25} " + " ".join(f"{x:>9}" for x in labels))
     for v in versions:
-        counts = {lab: sum(c.get(lab, 0) for c in v.class_counts.values()) for lab in labels}
+        counts = v.label_totals()
         print(
             f"{v.rev:<16} {v.commit[:12]:<12} {v.date:<25} "
             + " ".join(f"{counts[x]:>9}" for x in labels)

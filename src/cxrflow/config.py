@@ -94,6 +94,11 @@ class DataParams:
         if self.version is not None:
             _check(self.registry is not None, "data.version", "needs data.registry")
 
+    @property
+    def source_paths(self) -> list[str]:
+        """The configured source roots: the Kermany dir (if any), then the Cohen dirs."""
+        return [p for p in (self.kermany_dir, *self.cohen_dirs) if p]
+
 
 @dataclass(frozen=True)
 class CohenFilter:

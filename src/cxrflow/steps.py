@@ -119,9 +119,8 @@ def run_ingest(
             from cxrflow.data.versions import materialize
 
             rev = data_version or data.version
-            tracked = [p for p in (data.kermany_dir, *data.cohen_dirs) if p]
             log.info("reading %s at %s from its DVC remote", data.registry, rev or "HEAD")
-            local, dv = materialize(data.registry, rev, tracked, Path(tmp))
+            local, dv = materialize(data.registry, rev, data.source_paths, Path(tmp))
             kermany = local[data.kermany_dir] if data.kermany_dir else None
             cohen = tuple(local[c] for c in data.cohen_dirs)
             dvc_hashes = dict(dv.dvc_hashes)

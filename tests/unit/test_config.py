@@ -106,3 +106,26 @@ def test_sections_roundtrip_with_kfp_nulls() -> None:
     assert back == p
     assert back.models["model_3"].weights_path is None
     assert back.split.dataset_0_max_per_class == 14
+
+
+def test_source_paths_kermany_first_then_cohen() -> None:
+    data = params_from_dict(
+        {"data": {"kermany_dir": "raw/k", "cohen_dirs": ["raw/c1", "raw/c2"]}}
+    ).data
+    assert data.source_paths == ["raw/k", "raw/c1", "raw/c2"]
+    assert params_from_dict({}).data.source_paths == []
+
+
+def test_data_version_label_totals_sum_sources() -> None:
+    from cxrflow.data.versions import DataVersion
+
+    v = DataVersion(
+        "t",
+        "c" * 40,
+        ("t",),
+        "",
+        "",
+        {},
+        {"kermany": {"normal": 3, "viral": 1}, "cohen": {"covid": 2, "normal": 1}},
+    )
+    assert v.label_totals() == {"normal": 4, "bacterial": 0, "viral": 1, "covid": 2}

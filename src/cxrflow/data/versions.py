@@ -103,6 +103,14 @@ class DataVersion:
     dvc_hashes: dict[str, str]
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    def label_totals(self) -> dict[str, int]:
+        """Images per label summed over sources (every label of :data:`ALL_LABELS`)."""
+        from cxrflow.config import ALL_LABELS
+
+        return {
+            lab: sum(c.get(lab, 0) for c in self.class_counts.values()) for lab in ALL_LABELS
+        }
+
 
 @dataclass(frozen=True)
 class _Tracked:
