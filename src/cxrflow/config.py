@@ -311,21 +311,21 @@ class Params:
 # Generic dict -> dataclass conversion with key-naming errors
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
+def _convert(tp: Any, value: Any, key: str, kfp: bool = False) -> Any:
+    """Check and convert ``value`` to ``tp``; ``kfp``: see :func:`params_from_sections`."""
     origin = get_origin(tp)
     args = get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None or (value == "" and type(None) in args):
-            # "" stands for null where a value may be null: KFP parameters cannot hold None.
+        if value is None or (kfp and value == "" and type(None) in args):
             _check(type(None) in args, key, "must not be null")
             return None
         inner = [a for a in args if a is not type(None)]
         errors = []
         for a in inner:
             try:
-                return _convert(a, value, key)
+                return _convert(a, value, key, kfp)
             except ParamsError as exc:
                 errors.append(str(exc))
         raise ParamsError(errors[0])
@@ -334,22 +334,22 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         _check(isinstance(value, Mapping), key, f"must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, kfp)
     if origin in (tuple,):
         _check(isinstance(value, list | tuple), key, "must be a list")
-        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(args[0], v, f"{key}[{i}]", kfp) for i, v in enumerate(value))
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         _check(isinstance(value, Mapping), key, "must be a mapping")
         vt = args[1] if args else Any
         return types.MappingProxyType(
-            {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+            {str(k): _convert(vt, v, f"{key}.{k}", kfp) for k, v in value.items()}
         )
     if tp is bool:
         _check(isinstance(value, bool), key, f"must be true/false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)  # protobuf Struct (KFP dict parameters) stores every number as float
+        if kfp and isinstance(value, float) and value.is_integer():
+            value = int(value)
         _check(
             isinstance(value, int) and not isinstance(value, bool),
             key,
@@ -372,7 +372,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise ParamsError(f"params: {key}: unsupported type {tp!r}")  # pragma: no cover
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "", kfp: bool = False) -> Any:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in data:
@@ -393,12 +393,12 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
             for mk, mv in value.items():
                 _check(mk in MODEL_KEYS, f"models.{mk}", f"unknown model key; use {MODEL_KEYS}")
                 merged = {**_to_plain(defaults[mk]), **(mv or {})}
-                built[mk] = _build(ModelSpec, merged, f"models.{mk}")
+                built[mk] = _build(ModelSpec, merged, f"models.{mk}", kfp)
             for mk in MODEL_KEYS:
                 built.setdefault(mk, defaults[mk])
             kwargs[f.name] = types.MappingProxyType(built)
             continue
-        kwargs[f.name] = _convert(tp, data[f.name], dotted)
+        kwargs[f.name] = _convert(tp, data[f.name], dotted, kfp)
     return cls(**kwargs)
 
 
@@ -480,8 +480,13 @@ def params_to_dict(params: Any) -> Any:
 
 
 def params_from_sections(sections: Mapping[str, Any]) -> Params:
-    """Rebuild :class:`Params` from a mapping of section dicts (as passed to KFP steps)."""
-    return _build(Params, dict(sections))
+    """Rebuild :class:`Params` from a mapping of section dicts (as passed to KFP steps).
+
+    KFP parameters cannot hold null and carry every number as a float (protobuf ``Struct``), so
+    here, and only here, ``""`` reads as null where a field may be null and an integral float
+    as an int. ``params.yaml`` itself is read strictly.
+    """
+    return _build(Params, dict(sections), kfp=True)
 
 
 def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:

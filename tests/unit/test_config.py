@@ -129,3 +129,15 @@ def test_data_version_label_totals_sum_sources() -> None:
         {"kermany": {"normal": 3, "viral": 1}, "cohen": {"covid": 2, "normal": 1}},
     )
     assert v.label_totals() == {"normal": 4, "bacterial": 0, "viral": 1, "covid": 2}
+
+
+def test_kfp_encodings_are_accepted_only_from_kfp() -> None:
+    """params.yaml is strict; KFP's float ints and "" nulls are read at the KFP boundary only."""
+    with pytest.raises(ParamsError, match=r"train\.epochs"):
+        params_from_dict({"train": {"epochs": 12.0}})
+    with pytest.raises(ParamsError, match=r"split\.dataset_0_max_per_class"):
+        params_from_dict({"split": {"dataset_0_max_per_class": ""}})
+    p = params_from_sections({"train": {"epochs": 12.0}, "split": {"dataset_0_max_per_class": ""}})
+    assert p.train.epochs == 12
+    assert isinstance(p.train.epochs, int)
+    assert p.split.dataset_0_max_per_class is None
