@@ -21,14 +21,9 @@ def evaluate(
 
     Reads params evaluate. Each model is scored on its own dataset's test split.
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_evaluate
+    from cxrflow.steps import run_evaluate, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {"evaluate": evaluate_params, "tracking": tracking_params, "profile": profile}
-    )
+    params = step_params(profile, evaluate=evaluate_params, tracking=tracking_params)
     dirs = {
         "model_0": model_0.path,
         "model_1": model_1.path,

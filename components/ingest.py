@@ -18,19 +18,9 @@ def ingest(
     Reads params data, ingest. Quarantines bad files with a reason, collapses duplicates and
     writes manifest.csv, quarantine.csv, duplicates.csv and the images to the dataset artifact.
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_ingest
+    from cxrflow.steps import run_ingest, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {
-            "data": data_params,
-            "ingest": ingest_params,
-            "tracking": tracking_params,
-            "profile": profile,
-        }
-    )
+    params = step_params(profile, data=data_params, ingest=ingest_params, tracking=tracking_params)
     out = run_ingest(params, dataset.path, pipeline_run_id, data_version)
     dataset.metadata.update(
         {"manifest_hash": out["provenance"]["manifest_hash"], "origin": out["provenance"]["origin"]}

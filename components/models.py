@@ -19,18 +19,10 @@ def model_0(
 
     Reads params train, models.model_0.
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_train
+    from cxrflow.steps import run_train, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {
-            "train": train_params,
-            "models": models_params,
-            "tracking": tracking_params,
-            "profile": profile,
-        }
+    params = step_params(
+        profile, train=train_params, models=models_params, tracking=tracking_params
     )
     info = run_train(params, "model_0", dataset.path, splits.path, model.path)
     model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})
@@ -50,18 +42,10 @@ def model_1(
 
     Reads params train, models.model_1.
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_train
+    from cxrflow.steps import run_train, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {
-            "train": train_params,
-            "models": models_params,
-            "tracking": tracking_params,
-            "profile": profile,
-        }
+    params = step_params(
+        profile, train=train_params, models=models_params, tracking=tracking_params
     )
     info = run_train(params, "model_1", dataset.path, splits.path, model.path)
     model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})
@@ -82,18 +66,10 @@ def model_2(
 
     Reads params train, models.model_2.
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_train
+    from cxrflow.steps import run_train, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {
-            "train": train_params,
-            "models": models_params,
-            "tracking": tracking_params,
-            "profile": profile,
-        }
+    params = step_params(
+        profile, train=train_params, models=models_params, tracking=tracking_params
     )
     info = run_train(params, "model_2", dataset.path, splits.path, model.path, base_model.path)
     model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})
@@ -113,18 +89,10 @@ def model_3(
 
     Reads params train, models.model_3 (weights_path: the ImageNet weights file).
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_train
+    from cxrflow.steps import run_train, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {
-            "train": train_params,
-            "models": models_params,
-            "tracking": tracking_params,
-            "profile": profile,
-        }
+    params = step_params(
+        profile, train=train_params, models=models_params, tracking=tracking_params
     )
     info = run_train(params, "model_3", dataset.path, splits.path, model.path)
     model.metadata.update({"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]})

@@ -15,14 +15,9 @@ def register(
 
     Reads params register. Returns the champion's model key.
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_register
+    from cxrflow.steps import run_register, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {"register": register_params, "tracking": tracking_params, "profile": profile}
-    )
+    params = step_params(profile, register=register_params, tracking=tracking_params)
     info = run_register(params, evaluation.path, registered.path)
     registered.metadata.update({"model_uri": info["model_uri"], "version": info["version"]})
     return info["champion"]

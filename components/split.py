@@ -17,17 +17,9 @@ def split(
     Reads params split, validate. Fails if a patient is in two splits or classes are
     unbalanced beyond validate.balance_tolerance.
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_split
+    from cxrflow.steps import run_split, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {
-            "split": split_params,
-            "validate": validate_params,
-            "tracking": tracking_params,
-            "profile": profile,
-        }
+    params = step_params(
+        profile, split=split_params, validate=validate_params, tracking=tracking_params
     )
     run_split(params, dataset.path, splits.path)

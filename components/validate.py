@@ -15,12 +15,7 @@ def validate(
 
     Reads params validate. Writes validation.json and Data Docs HTML (also logged to MLflow).
     """
-    from cxrflow.config import params_from_sections
-    from cxrflow.logs import setup_logging
-    from cxrflow.steps import run_validate
+    from cxrflow.steps import run_validate, step_params
 
-    setup_logging()
-    params = params_from_sections(
-        {"validate": validate_params, "tracking": tracking_params, "profile": profile}
-    )
+    params = step_params(profile, validate=validate_params, tracking=tracking_params)
     run_validate(params, dataset.path, report.path)

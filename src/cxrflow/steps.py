@@ -90,6 +90,19 @@ def _parent_run(params: Params, prov: Provenance) -> str:
     )
 
 
+def step_params(profile: str, **sections: Mapping[str, Any]) -> Params:
+    """Params of one step from the section dicts a KFP component receives; sets up logging.
+
+    Example: ``step_params(profile, validate=validate_params, tracking=tracking_params)``.
+    Sections a step does not receive keep their defaults (the step does not read them).
+    """
+    from cxrflow.config import params_from_sections
+    from cxrflow.logs import setup_logging
+
+    setup_logging()
+    return params_from_sections({**sections, "profile": profile})
+
+
 # ------------------------------------------------------------------------------------ ingest
 
 
