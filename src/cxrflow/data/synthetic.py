@@ -166,6 +166,44 @@ def _soft_ellipse(
     return np.clip((1.0 - r) / edge, 0.0, 1.0)
 
 
+# Per-age-group body traits: uniform ranges (drawn in this order), side-marker probability and
+# age range. Children: smaller, rounder thorax, higher lungs, wide mediastinum, flat ribs.
+_BODY: dict[str, tuple[dict[str, tuple[float, float]], float, tuple[int, int]]] = {
+    "adult": (
+        {
+            "thorax_w": (0.78, 0.92),
+            "lung_h": (0.58, 0.70),
+            "lung_top": (0.06, 0.13),
+            "med_w": (0.04, 0.06),
+            "ctr": (0.40, 0.50),
+            "heart_shift": (0.03, 0.07),
+            "rib_curv": (1.0, 1.6),
+            "rib_amp": (0.08, 0.13),
+            "clav_amp": (0.08, 0.14),
+            "wall": (0.03, 0.05),
+        },
+        0.1,
+        (30, 86),
+    ),
+    "pediatric": (
+        {
+            "thorax_w": (0.72, 0.84),
+            "lung_h": (0.44, 0.54),
+            "lung_top": (0.12, 0.20),
+            "med_w": (0.055, 0.075),
+            "ctr": (0.50, 0.60),
+            "heart_shift": (0.02, 0.05),
+            "rib_curv": (0.2, 0.6),
+            "rib_amp": (0.07, 0.11),
+            "clav_amp": (0.03, 0.07),
+            "wall": (0.04, 0.07),
+        },
+        0.6,
+        (1, 6),
+    ),
+}
+
+
 def _sample_traits(
     label: str, rng: np.random.Generator, age_group: str | None = None
 ) -> dict[str, Any]:
@@ -176,36 +214,9 @@ def _sample_traits(
         raise ValueError(f"age_group must be 'adult' or 'pediatric', got {age_group!r}")
     u = rng.uniform
     t: dict[str, Any] = {"age_group": age_group, "view": "PA", "modality": "X-ray"}
-    if age_group == "adult":
-        t.update(
-            thorax_w=u(0.78, 0.92),
-            lung_h=u(0.58, 0.70),
-            lung_top=u(0.06, 0.13),
-            med_w=u(0.04, 0.06),
-            ctr=u(0.40, 0.50),
-            heart_shift=u(0.03, 0.07),
-            rib_curv=u(1.0, 1.6),
-            rib_amp=u(0.08, 0.13),
-            clav_amp=u(0.08, 0.14),
-            wall=u(0.03, 0.05),
-            side_marker=bool(rng.uniform() < 0.1),
-            age=int(rng.integers(30, 86)),
-        )
-    else:
-        t.update(
-            thorax_w=u(0.72, 0.84),
-            lung_h=u(0.44, 0.54),
-            lung_top=u(0.12, 0.20),
-            med_w=u(0.055, 0.075),
-            ctr=u(0.50, 0.60),
-            heart_shift=u(0.02, 0.05),
-            rib_curv=u(0.2, 0.6),
-            rib_amp=u(0.07, 0.11),
-            clav_amp=u(0.03, 0.07),
-            wall=u(0.04, 0.07),
-            side_marker=bool(rng.uniform() < 0.6),
-            age=int(rng.integers(1, 6)),
-        )
+    ranges, marker_p, ages = _BODY[age_group]
+    t.update({name: u(lo, hi) for name, (lo, hi) in ranges.items()})
+    t.update(side_marker=bool(rng.uniform() < marker_p), age=int(rng.integers(*ages)))
     t.update(
         sex=str(rng.choice(["M", "F"])),
         dome_h=u(0.10, 0.22),
