@@ -692,27 +692,16 @@ def ingest(
     def add(rec: Candidate | Rejected | Excluded) -> None:
         if isinstance(rec, Candidate):
             entries.append(_Entry(rec.source, rec.original_path, rec.label, _CANDIDATE, rec))
-        elif isinstance(rec, Rejected):
+        else:  # a rejected file is quarantined; an excluded row only counted
             entries.append(
                 _Entry(
                     rec.source,
                     rec.original_path,
                     rec.label,
-                    _QUARANTINED,
+                    _QUARANTINED if isinstance(rec, Rejected) else _EXCLUDED,
                     reason=rec.reason,
                     detail=rec.detail,
-                )
-            )
-        else:
-            entries.append(
-                _Entry(
-                    rec.source,
-                    rec.original_path,
-                    rec.label,
-                    _EXCLUDED,
-                    reason=rec.reason,
-                    detail=rec.detail,
-                    excluded_file_present=rec.file_present,
+                    excluded_file_present=isinstance(rec, Excluded) and rec.file_present,
                 )
             )
 
