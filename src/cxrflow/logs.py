@@ -25,3 +25,20 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for noisy in ("alembic", "urllib3", "botocore", "great_expectations", "h5py", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+SUMMARY_MARKER = "::cxrflow-summary::"
+"""Prefix of the one line each step writes with its key figure; the local runner shows it."""
+
+PROGRESS_MARKER = "::cxrflow-progress::"
+"""Prefix of training progress lines (one per epoch); the local runner shows them live."""
+
+
+def emit_summary(step: str, text: str) -> None:
+    """Write the step's key figure as one marked line on stdout (read by the local runner)."""
+    print(f"{SUMMARY_MARKER} {step}: {text}", flush=True)
+
+
+def emit_progress(step: str, text: str) -> None:
+    """Write one marked training progress line on stdout (read by the local runner)."""
+    print(f"{PROGRESS_MARKER} {step}: {text}", flush=True)
