@@ -106,7 +106,7 @@ def run_one(kermany: Path, out: Path, workers: int) -> dict:
     from cxrflow.data.ingest import ingest
 
     t0 = time.perf_counter()
-    report = ingest(out, IngestParams(workers=workers), kermany_dir=kermany, origin="phantom")
+    report = ingest(out, IngestParams(workers=workers), [("kermany", kermany)], origin="phantom")
     elapsed = time.perf_counter() - t0
     d = report.to_dict()
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

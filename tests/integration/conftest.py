@@ -7,7 +7,6 @@ analytics are off, DVC's global/system/site folders are temporary, and git works
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import os
 import shutil
@@ -22,21 +21,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cxrflow.config import CohenFilter, SynthParams
-from cxrflow.data.sources import Candidate, discover_cohen, discover_kermany
+from cxrflow.data.sources import Candidate
+from cxrflow.data.sources.cohen import discover_cohen
+from cxrflow.data.sources.kermany import discover_kermany
 from cxrflow.data.synthetic import generate_phantom
 from cxrflow.data.versions import init_registry, snapshot
-from cxrflow.storage import ensure_bucket
+from cxrflow.storage import endpoint_url_from_env
 
 BUCKET = "cxrflow-registry"
 PREFIX = "dvcstore"
 TRACKED = ("raw/kermany", "raw/cohen")
-SMALL = SynthParams(
-    patients_per_class=6, images_per_patient_max=2, min_side=96, max_side=128, seed=7
-)
+
+
+def small_phantom(seed: int) -> SynthParams:
+    """A phantom of a few dozen small images."""
+    return SynthParams(
+        patients_per_class=6, images_per_patient_max=2, min_side=96, max_side=128, seed=seed
+    )
 
 
 def _free_port() -> int:
@@ -106,6 +112,42 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 proc.kill()
                 proc.wait(timeout=10)
             log.close()
+
+
+@dataclass(frozen=True)
+class S3:
+    """Bucket helpers over a boto3 client for the endpoint the environment names."""
+
+    client: Any
+
+    def ensure_bucket(self, name: str) -> bool:
+        """Create bucket ``name`` unless it exists; whether it was created."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=name)
+            return False
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) not in ("404", "NoSuchBucket"):
+                raise
+        self.client.create_bucket(Bucket=name)  # us-east-1: no LocationConstraint
+        return True
+
+    def list_objects(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every key of ``bucket`` under ``prefix``, sorted, across pages."""
+        keys: list[str] = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+
+@pytest.fixture(scope="session")
+def s3(moto_s3: str) -> S3:
+    """A client of the moto server, found the way the library finds an endpoint."""
+    import boto3
+
+    return S3(boto3.client("s3", endpoint_url=endpoint_url_from_env()))
 
 
 def tree_digest(root: Path, rels: tuple[str, ...] = TRACKED) -> dict[str, str]:
@@ -196,23 +238,23 @@ def _grow(raw: Path, extra: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def data_registry(moto_s3: str, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+def data_registry(moto_s3: str, s3: S3, tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """A registry with phantom data: ``data-v1`` and a larger ``data-v2``, both pushed to S3."""
     base = tmp_path_factory.mktemp("registry")
     repo = base / "registry"
     prefix = f"{PREFIX}/{base.name}"  # one prefix per registry: object counts stay exact
     remote_url = f"s3://{BUCKET}/{prefix}"
-    ensure_bucket(BUCKET)
+    s3.ensure_bucket(BUCKET)
     init_registry(repo, remote_url)
     raw = repo / "raw"
-    generate_phantom(raw, SMALL)
+    generate_phantom(raw, small_phantom(7))
     flt = CohenFilter()
     files, counts = {}, {}
 
     files["data-v1"], counts["data-v1"] = tree_digest(repo), expected_counts(raw, flt)
     snapshot(repo, TRACKED, "phantom data, seed 7", tag="data-v1")
 
-    generate_phantom(base / "extra", dataclasses.replace(SMALL, seed=8))
+    generate_phantom(base / "extra", small_phantom(8))
     _grow(raw, base / "extra")
     files["data-v2"], counts["data-v2"] = tree_digest(repo), expected_counts(raw, flt)
     snapshot(repo, TRACKED, "more phantom data, seed 8", tag="data-v2")

@@ -10,10 +10,11 @@ import socket
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 
-from cxrflow.config import CohenFilter
+from cxrflow.config import IngestParams
 from cxrflow.data.versions import (
     DataRegistryError,
     UnknownRevisionError,
@@ -24,12 +25,12 @@ from cxrflow.data.versions import (
     rollback,
     snapshot,
 )
-from cxrflow.storage import ensure_bucket, list_objects, parse_s3_url, s3_client
 
 if TYPE_CHECKING:
-    from conftest import Registry
+    from conftest import S3, Registry
 
 TRACKED = ("raw/kermany", "raw/cohen")
+SOURCES = {"kermany": ["raw/kermany"], "cohen": ["raw/cohen"]}
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
@@ -38,6 +39,14 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=repo, check=True, capture_output=True, text=True
     ).stdout.strip()
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"not an s3://bucket[/prefix] URL: {url!r}")
+    return parts.netloc, parts.path.strip("/")
 
 
 def dead_endpoint() -> str:
@@ -57,23 +66,21 @@ def test_tracked_config_has_no_endpoint_or_credentials(data_registry: Registry) 
     assert "analytics = false" in tracked
 
 
-def test_storage_helpers(moto_s3: str) -> None:
-    client = s3_client()
-    assert s3_client(client=client) is client
-    assert client.meta.endpoint_url == moto_s3
-    assert ensure_bucket("cxrflow-scratch") is True
-    assert ensure_bucket("cxrflow-scratch") is False
-    client.put_object(Bucket="cxrflow-scratch", Key="a/b.txt", Body=b"x")
-    assert list_objects("cxrflow-scratch", "a/") == ["a/b.txt"]
-    assert list_objects("cxrflow-scratch", "zzz/") == []
+def test_storage_helpers(moto_s3: str, s3: S3) -> None:
+    assert s3.client.meta.endpoint_url == moto_s3  # the environment's endpoint, not AWS
+    assert s3.ensure_bucket("cxrflow-scratch") is True
+    assert s3.ensure_bucket("cxrflow-scratch") is False
+    s3.client.put_object(Bucket="cxrflow-scratch", Key="a/b.txt", Body=b"x")
+    assert s3.list_objects("cxrflow-scratch", "a/") == ["a/b.txt"]
+    assert s3.list_objects("cxrflow-scratch", "zzz/") == []
     assert parse_s3_url("s3://bucket/some/prefix/") == ("bucket", "some/prefix")
     with pytest.raises(ValueError, match="s3://"):
         parse_s3_url("/local/path")
 
 
-def test_push_put_every_object_on_s3(data_registry: Registry) -> None:
+def test_push_put_every_object_on_s3(data_registry: Registry, s3: S3) -> None:
     bucket, prefix = parse_s3_url(data_registry.remote_url)
-    keys = list_objects(bucket, prefix + "/")
+    keys = s3.list_objects(bucket, prefix + "/")
     for tag in data_registry.tags:
         for path, md5 in resolve(data_registry.repo, tag).dvc_hashes.items():
             assert f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}" in keys, (tag, path)
@@ -83,7 +90,7 @@ def test_push_put_every_object_on_s3(data_registry: Registry) -> None:
 
 def test_list_versions_counts_from_listings(data_registry: Registry) -> None:
     with data_registry.without_local_cache():
-        versions = list_versions(data_registry.repo, "raw/kermany", ["raw/cohen"], CohenFilter())
+        versions = list_versions(data_registry.repo, SOURCES, IngestParams())
     assert [v.rev for v in versions] == ["data-v2", "data-v1"]  # HEAD is data-v2
     v2, v1 = versions
     assert v2.commit == git(data_registry.repo, "rev-parse", "HEAD")
@@ -109,8 +116,7 @@ def test_resolve(data_registry: Registry) -> None:
         data_registry.repo,
         "data-v1",
         counts=True,
-        kermany_path="raw/kermany",
-        cohen_paths=["raw/cohen"],
+        sources=SOURCES,
     )
     assert v1.class_counts == data_registry.counts["data-v1"]
 
@@ -219,7 +225,7 @@ def test_wrong_endpoint_is_a_clear_error(
             materialize(data_registry.repo, "data-v1", ["raw/kermany"], tmp_path / "out")
         assert dead in str(err.value)
         with pytest.raises(DataRegistryError, match=dead):
-            list_versions(data_registry.repo, "raw/kermany", ["raw/cohen"], CohenFilter())
+            list_versions(data_registry.repo, SOURCES, IngestParams())
     assert not (tmp_path / "out" / "raw" / "kermany").exists()
 
     clone = data_registry.clone(tmp_path / "clone")

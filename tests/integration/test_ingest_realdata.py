@@ -14,8 +14,8 @@ import pytest
 
 from cxrflow.config import CohenFilter, IngestParams
 from cxrflow.data.ingest import IngestReport, ingest, summarize_report
-from cxrflow.data.manifest import read_manifest
-from cxrflow.data.sources import discover_cohen
+from cxrflow.data.manifest import EXCLUDED_FILE, read_manifest
+from cxrflow.data.sources.cohen import CohenSource, discover_cohen
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 KERMANY = DATA / "kermany"
@@ -39,7 +39,7 @@ def adds_up(rep: IngestReport) -> bool:
 @pytest.fixture(scope="module")
 def kermany_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IngestReport]:
     out = tmp_path_factory.mktemp("kermany")
-    return out, ingest(out, PARAMS, kermany_dir=KERMANY, copy_images=False)
+    return out, ingest(out, PARAMS, [("kermany", KERMANY)], copy_images=False)
 
 
 def test_kermany_counts(kermany_run: tuple[Path, IngestReport]) -> None:
@@ -117,7 +117,7 @@ def test_cohen_discovery_matches_provenance() -> None:
 
 
 def test_cohen_ingest(tmp_path: Path) -> None:
-    rep = ingest(tmp_path, PARAMS, cohen_dirs=[COHEN])
+    rep = ingest(tmp_path, PARAMS, [("cohen", COHEN)])
     assert rep.considered == 751 and adds_up(rep)
     assert rep.stages["after_filter"] == {"cohen": {"covid": 434}}
     assert rep.stages["after_quarantine"] == {"cohen": {"covid": 400}}
@@ -127,6 +127,12 @@ def test_cohen_ingest(tmp_path: Path) -> None:
         "cohen": {"modality_not_xray": 80, "not_covid_finding": 213, "view_not_frontal": 24}
     }
     assert rep.excluded_file_present["cohen"]["modality_not_xray"] == 55
+    excluded = pd.read_csv(tmp_path / EXCLUDED_FILE, dtype=str, keep_default_na=False)
+    assert len(excluded) == rep.excluded_by_filter == 80 + 213 + 24  # listed by file
+    assert excluded.groupby("reason").size().to_dict() == rep.excluded_reasons["cohen"]
+    assert (excluded["file_present"] == "true").sum() == sum(
+        rep.excluded_file_present["cohen"].values()
+    )
     assert rep.unreferenced == 13
     # the same radiograph posted twice (e.g. Radiopaedia and Eurorad) collapses
     assert rep.kept + rep.duplicates_collapsed == 400 and rep.duplicates_collapsed >= 5
@@ -141,7 +147,7 @@ def test_cohen_ingest(tmp_path: Path) -> None:
 
 
 def test_cohen_two_roots(tmp_path: Path) -> None:
-    rep = ingest(tmp_path, PARAMS, cohen_dirs=[COHEN, SUPPLEMENT], copy_images=False)
+    rep = ingest(tmp_path, PARAMS, [("cohen", COHEN), ("cohen", SUPPLEMENT)], copy_images=False)
     assert rep.considered == 751 + 758 and adds_up(rep)
     assert rep.unreferenced == 13 + 4
     assert rep.stages["after_quarantine"] == {"cohen": {"covid": 401}}
@@ -151,7 +157,7 @@ def test_cohen_two_roots(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("csv_path", METADATA_VERSIONS, ids=lambda p: p.name[:10])
 def test_every_metadata_version_reads(tmp_path: Path, csv_path: Path) -> None:
-    rep = ingest(tmp_path, PARAMS, cohen_dirs=[COHEN], cohen_metadata=csv_path, copy_images=False)
+    rep = ingest(tmp_path, PARAMS, [(CohenSource(metadata_csv=csv_path), COHEN)], copy_images=False)
     assert adds_up(rep)
     assert rep.considered == len(pd.read_csv(csv_path, dtype=str))
     assert rep.stages["after_quarantine"]["cohen"]["covid"] >= 390
@@ -172,4 +178,4 @@ def test_metadata_without_finding_names_the_column(tmp_path: Path) -> None:
     bad = tmp_path / "no-finding.csv"
     df.drop(columns=["finding"]).to_csv(bad, index=False)
     with pytest.raises(ValueError, match=r"no-finding\.csv: required column 'finding'"):
-        ingest(tmp_path / "out", PARAMS, cohen_dirs=[COHEN], cohen_metadata=bad)
+        ingest(tmp_path / "out", PARAMS, [(CohenSource(metadata_csv=bad), COHEN)])

@@ -204,7 +204,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IngestReport]:
     base = tmp_path_factory.mktemp("corpus")
     kermany, cohen = build_corpus(base)
     out = base / "dataset"
-    report = ingest(out, PARAMS, kermany_dir=kermany, cohen_dirs=[cohen])  # must not raise
+    report = ingest(out, PARAMS, [("kermany", kermany), ("cohen", cohen)])  # must not raise
     return out, report
 
 

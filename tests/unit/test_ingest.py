@@ -15,24 +15,20 @@ from PIL import Image
 
 from cxrflow.config import CohenFilter, IngestParams
 from cxrflow.data.images import THUMB_SIDE
-from cxrflow.data.ingest import (
-    NEAR_DUPLICATE_MAX_RMSE,
-    ingest,
-    near_duplicate_pairs,
-    summarize_report,
-)
+from cxrflow.data.ingest import ingest, summarize_report
 from cxrflow.data.manifest import (
     DUPLICATE_COLUMNS,
+    EXCLUDED_COLUMNS,
+    EXCLUDED_FILE,
     MANIFEST_COLUMNS,
     QUARANTINE_COLUMNS,
     manifest_hash,
     read_manifest,
 )
-from cxrflow.data.sources import (
-    Candidate,
-    Rejected,
-    cohen_age_group,
-    discover_cohen,
+from cxrflow.data.neardup import NEAR_DUPLICATE_MAX_RMSE, near_duplicate_pairs
+from cxrflow.data.sources import Candidate, Rejected
+from cxrflow.data.sources.cohen import CohenSource, cohen_age_group, discover_cohen
+from cxrflow.data.sources.kermany import (
     discover_kermany,
     find_kermany_root,
     kermany_label,
@@ -289,6 +285,33 @@ def test_discover_cohen_filters_and_counts(layout: tuple[Path, Path]) -> None:
     assert disc.unreferenced == ["cohen-v1/images/orphan.jpg"]
 
 
+def test_cohen_filter_ignores_case_of_finding_and_spaces(tmp_path: Path) -> None:
+    rows = [
+        cohen_row("1", "lower.jpg", finding="covid-19"),
+        cohen_row("2", "mixed.jpg", finding="Pneumonia/Viral/Covid-19"),
+        cohen_row("3", "spaced.jpg", modality=" X-ray ", view="  AP  Supine "),
+        cohen_row("4", "sars.jpg", finding="sars"),
+        cohen_row("5", "ct.jpg", finding="COVID-19", modality=" CT ", view="Axial"),
+    ]
+    files = {f"images/{r['filename']}": jpeg_bytes(smooth_image(i)) for i, r in enumerate(rows)}
+    root = make_cohen(tmp_path / "c", rows, files)
+    disc = discover_cohen(root, CohenFilter())
+    assert sorted(Path(c.original_path).name for c in disc.candidates) == [
+        "lower.jpg",
+        "mixed.jpg",
+        "spaced.jpg",
+    ]
+    assert {c.view for c in disc.candidates} == {"PA", "AP Supine"}
+    assert sorted((e.reason, e.detail) for e in disc.excluded) == [
+        ("modality_not_xray", "modality='CT'"),
+        ("not_covid_finding", "finding='sars'"),
+    ]
+    # the configured values are compared the same way
+    flt = CohenFilter(finding_contains="covid-19", modalities=(" X-ray",), views=("PA ",))
+    got = discover_cohen(root, flt)
+    assert {Path(c.original_path).name for c in got.candidates} == {"lower.jpg", "mixed.jpg"}
+
+
 def test_cohen_filter_is_configurable(layout: tuple[Path, Path]) -> None:
     _, cohen = layout
     disc = discover_cohen(cohen, CohenFilter(views=("PA", "AP", "AP Supine", "L")))
@@ -313,7 +336,7 @@ def test_cohen_missing_column_is_named(layout: tuple[Path, Path], column: str) -
 def test_ingest_end_to_end(layout: tuple[Path, Path], tmp_path: Path) -> None:
     kermany, cohen = layout
     out = tmp_path / "ds"
-    rep = ingest(out, serial(), kermany_dir=kermany, cohen_dirs=[cohen])
+    rep = ingest(out, serial(), [("kermany", kermany), ("cohen", cohen)])
 
     # every input accounted for exactly once
     assert rep.considered == 7 + 8
@@ -365,6 +388,15 @@ def test_ingest_end_to_end(layout: tuple[Path, Path], tmp_path: Path) -> None:
     assert tuple(q.columns) == QUARANTINE_COLUMNS
     d = pd.read_csv(out / "duplicates.csv", dtype=str, keep_default_na=False)
     assert tuple(d.columns) == DUPLICATE_COLUMNS
+    # every excluded row is listed by file, next to quarantine.csv
+    x = pd.read_csv(out / EXCLUDED_FILE, dtype=str, keep_default_na=False)
+    assert tuple(x.columns) == EXCLUDED_COLUMNS and len(x) == rep.excluded_by_filter
+    assert x[["original_path", "label", "reason", "detail", "file_present"]].values.tolist() == [
+        ["cohen-v1/images/ct.jpg", "covid", "modality_not_xray", "modality='CT'", "true"],
+        ["cohen-v1/images/lat.jpg", "covid", "view_not_frontal", "view='L'", "true"],
+        ["cohen-v1/images/sars.jpg", "other", "not_covid_finding", "finding='SARS'", "true"],
+    ]
+    assert set(x["source"]) == {"cohen"}
     saved = json.loads((out / "ingest_report.json").read_text())
     assert saved == json.loads(json.dumps(rep.to_dict()))
     assert saved["manifest_hash"] == manifest_hash(m)
@@ -378,7 +410,7 @@ def test_ingest_end_to_end(layout: tuple[Path, Path], tmp_path: Path) -> None:
 def test_exact_and_near_duplicates_collapse(layout: tuple[Path, Path], tmp_path: Path) -> None:
     kermany, cohen = layout
     out = tmp_path / "ds"
-    ingest(out, serial(), kermany_dir=kermany, cohen_dirs=[cohen])
+    ingest(out, serial(), [("kermany", kermany), ("cohen", cohen)])
     d = pd.read_csv(out / "duplicates.csv", dtype=str, keep_default_na=False)
     rows = {r.kind: r for r in d.itertuples()}
     assert sorted(rows) == ["exact", "near"]
@@ -400,7 +432,7 @@ def test_same_image_in_kermany_and_cohen_is_a_conflict(tmp_path: Path) -> None:
     kermany = make_kermany(tmp_path / "k", {"train/NORMAL/IM-0009-0001.jpeg": img})
     cohen = make_cohen(tmp_path / "c", [cohen_row("1", "x.jpg")], {"images/x.jpg": img})
     out = tmp_path / "ds"
-    rep = ingest(out, serial(), kermany_dir=kermany, cohen_dirs=[cohen])
+    rep = ingest(out, serial(), [("kermany", kermany), ("cohen", cohen)])
     assert rep.quarantine_reasons == {"duplicate_label_conflict": 2}
     assert rep.duplicates["conflict_groups"] == 1 and rep.kept == 0
     q = pd.read_csv(out / "quarantine.csv", dtype=str, keep_default_na=False)
@@ -420,7 +452,7 @@ def test_label_conflict_quarantines_every_member(tmp_path: Path) -> None:
         },
     )
     out = tmp_path / "ds"
-    rep = ingest(out, serial(), kermany_dir=kermany)
+    rep = ingest(out, serial(), [("kermany", kermany)])
     assert (rep.kept, rep.quarantined, rep.duplicates_collapsed) == (1, 3, 0)
     q = pd.read_csv(out / "quarantine.csv", dtype=str, keep_default_na=False)
     assert set(q["reason"]) == {"duplicate_label_conflict"}
@@ -433,7 +465,7 @@ def test_distinct_images_are_not_collapsed(tmp_path: Path) -> None:
     files = {
         f"train/NORMAL/IM-{i:04d}-0001.jpeg": jpeg_bytes(smooth_image(100 + i)) for i in range(40)
     }
-    rep = ingest(tmp_path / "ds", serial(), kermany_dir=make_kermany(tmp_path / "k", files))
+    rep = ingest(tmp_path / "ds", serial(), [("kermany", make_kermany(tmp_path / "k", files))])
     assert (rep.kept, rep.duplicates_collapsed, rep.quarantined) == (40, 0, 0)
 
 
@@ -448,7 +480,7 @@ def test_runs_are_reproducible_and_parallel_equals_serial(
         ("c", IngestParams(workers=2, chunk_size=2)),
     ]:
         out = tmp_path / name
-        rep = ingest(out, params, kermany_dir=kermany, cohen_dirs=[cohen])
+        rep = ingest(out, params, [("kermany", kermany), ("cohen", cohen)])
         outs.append((out, rep))
     files = ("manifest.csv", "quarantine.csv", "duplicates.csv")
     ref_out, ref = outs[0]
@@ -466,18 +498,20 @@ def test_runs_are_reproducible_and_parallel_equals_serial(
 def test_rerun_prunes_images_no_longer_kept(layout: tuple[Path, Path], tmp_path: Path) -> None:
     kermany, cohen = layout
     out = tmp_path / "ds"
-    ingest(out, serial(), kermany_dir=kermany, cohen_dirs=[cohen])
+    ingest(out, serial(), [("kermany", kermany), ("cohen", cohen)])
     before = set((out / "images").rglob("*.*"))
     (kermany / "chest_xray" / "test" / "PNEUMONIA" / "person2_virus_3.jpeg").unlink()
-    rep = ingest(out, serial(), kermany_dir=kermany, cohen_dirs=[cohen])
+    rep = ingest(out, serial(), [("kermany", kermany), ("cohen", cohen)])
     after = set((out / "images").rglob("*.*"))
     assert len(after) == rep.kept == len(before) - 1
 
 
 def test_copy_images_false_writes_no_images(layout: tuple[Path, Path], tmp_path: Path) -> None:
     kermany, cohen = layout
-    a = ingest(tmp_path / "a", serial(), kermany_dir=kermany, cohen_dirs=[cohen])
-    b = ingest(tmp_path / "b", serial(), kermany_dir=kermany, cohen_dirs=[cohen], copy_images=False)
+    a = ingest(tmp_path / "a", serial(), [("kermany", kermany), ("cohen", cohen)])
+    b = ingest(
+        tmp_path / "b", serial(), [("kermany", kermany), ("cohen", cohen)], copy_images=False
+    )
     assert not (tmp_path / "b" / "images").exists()
     assert b.manifest_hash == a.manifest_hash and not b.images_copied
     assert (tmp_path / "a" / "manifest.csv").read_bytes() == (
@@ -488,16 +522,32 @@ def test_copy_images_false_writes_no_images(layout: tuple[Path, Path], tmp_path:
 def test_ingest_argument_errors(layout: tuple[Path, Path], tmp_path: Path) -> None:
     _, cohen = layout
     with pytest.raises(ValueError, match="no source"):
-        ingest(tmp_path / "x", serial())
-    with pytest.raises(ValueError, match="exactly one Cohen root"):
-        ingest(
-            tmp_path / "x",
-            serial(),
-            cohen_dirs=[cohen, cohen],
-            cohen_metadata=cohen / "metadata.csv",
-        )
+        ingest(tmp_path / "x", serial(), [])
+    with pytest.raises(ValueError, match=r"data\.sources\.nih: unknown source.*kermany, cohen"):
+        ingest(tmp_path / "x", serial(), [("cohen", cohen), ("nih", cohen)])
     with pytest.raises(ValueError, match="origin"):
-        ingest(tmp_path / "x", serial(), cohen_dirs=[cohen], origin="fake")
+        ingest(tmp_path / "x", serial(), [("cohen", cohen)], origin="fake")
+    assert not (tmp_path / "x" / "manifest.csv").exists()
+
+
+def test_sources_mapping_equals_pairs(layout: tuple[Path, Path], tmp_path: Path) -> None:
+    """``data.sources`` ({name: [roots]}) reads the same as ordered (name, root) pairs."""
+    kermany, cohen = layout
+    a = ingest(tmp_path / "a", serial(), [("kermany", kermany), ("cohen", cohen)])
+    b = ingest(tmp_path / "b", serial(), {"kermany": [kermany], "cohen": [cohen]})
+    assert a.manifest_hash == b.manifest_hash
+    assert b.sources == {"kermany": [str(kermany)], "cohen": [str(cohen)]}
+
+
+def test_cohen_metadata_version_is_a_source_object(
+    layout: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, cohen = layout
+    other = cohen.parent / "metadata-v0.csv"
+    df = pd.read_csv(cohen / "metadata.csv", dtype=str, keep_default_na=False)
+    df.iloc[:2].to_csv(other, index=False)
+    rep = ingest(tmp_path / "ds", serial(), [(CohenSource(metadata_csv=other), cohen)])
+    assert rep.considered == 2 and rep.sources == {"cohen": [str(cohen)]}
 
 
 def test_failed_run_leaves_no_complete_looking_dataset(
@@ -505,18 +555,18 @@ def test_failed_run_leaves_no_complete_looking_dataset(
 ) -> None:
     kermany, cohen = layout
     out = tmp_path / "ds"
-    ingest(out, serial(), kermany_dir=kermany, cohen_dirs=[cohen])
+    ingest(out, serial(), [("kermany", kermany), ("cohen", cohen)])
     assert (out / "manifest.csv").is_file()
     (cohen / "metadata.csv").write_text("patientid,view\n1,PA\n")
     with pytest.raises(ValueError, match="finding"):
-        ingest(out, serial(), kermany_dir=kermany, cohen_dirs=[cohen])
+        ingest(out, serial(), [("kermany", kermany), ("cohen", cohen)])
     assert not (out / "manifest.csv").exists()
     assert not (out / "ingest_report.json").exists()
 
 
 def test_origin_is_copied(layout: tuple[Path, Path], tmp_path: Path) -> None:
     kermany, _ = layout
-    ingest(tmp_path / "ds", serial(), kermany_dir=kermany, origin="phantom")
+    ingest(tmp_path / "ds", serial(), [("kermany", kermany)], origin="phantom")
     assert set(read_manifest(tmp_path / "ds")["origin"]) == {"phantom"}
 
 

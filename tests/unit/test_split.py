@@ -125,3 +125,31 @@ def test_linked_patients_stay_in_one_split() -> None:
         assert set(t["patient_id"]) == set(pids)  # ids are not rewritten
     groups = link_groups(["a", "b", "c", "d"], [("b", "c"), ("c", "d")])
     assert groups == {"a": "a", "b": "b", "c": "b", "d": "b"}
+
+
+def test_population_confound_is_exposed_where_ages_are_unknown() -> None:
+    """Cohen rows often lack an age: age_group then mixes, the source's population does not."""
+    m = make_manifest(
+        {("kermany", "normal"): 60, ("kermany", "bacterial"): 60, ("cohen", "covid"): 60}
+    )
+    m.loc[m["source"] == "cohen", "age_group"] = ["adult", "unknown"] * 30
+    counts = {"normal": 60, "bacterial": 60, "covid": 60}
+    _, report = split_manifest(m, SplitParams(dataset_1_counts=counts))
+    warnings = report.confounds["dataset_1"]
+    assert any("single population" in w for w in warnings)
+    assert not any("single age_group" in w for w in warnings)
+    assert report.crosstabs["dataset_1.population"] == {
+        "bacterial|pediatric": 60,
+        "covid|adult": 60,
+        "normal|pediatric": 60,
+    }
+
+
+def test_datasets_take_what_each_source_contributes() -> None:
+    """Dataset_0 takes no Cohen row; Dataset_1 no viral; an unregistered source is named."""
+    m = make_manifest({("kermany", "viral"): 30, ("cohen", "covid"): 30, ("kermany", "normal"): 30})
+    tables, _ = split_manifest(m, SplitParams())
+    assert set(tables["dataset_0"]["source"]) == {"kermany"}
+    assert set(tables["dataset_1"]["label"]) == {"normal", "covid"}
+    with pytest.raises(ValueError, match=r"unknown source 'nih'"):
+        split_manifest(make_manifest({("nih", "normal"): 30}), SplitParams())

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from cxrflow.config import SynthParams
-from cxrflow.data.synthetic import PhantomSummary, generate_phantom, render_radiograph
+from cxrflow.data.phantom_render import render_radiograph
+from cxrflow.data.synthetic import PhantomSummary, generate_phantom
 
 REAL_COHEN_HEADER = [
     "patientid",
@@ -101,6 +102,7 @@ def test_summary_points_at_the_real_layout_roots(phantom: PhantomSummary) -> Non
     out = phantom.kermany_dir.parent.parent
     assert phantom.kermany_dir == out / "kermany" / "chest_xray"
     assert phantom.cohen_dir == out / "cohen"
+    assert phantom.sources == {"kermany": [phantom.kermany_dir], "cohen": [phantom.cohen_dir]}
     assert sorted(p.name for p in phantom.kermany_dir.iterdir()) == ["test", "train"]
     for split in ("train", "test"):
         assert sorted(p.name for p in (phantom.kermany_dir / split).iterdir()) == [

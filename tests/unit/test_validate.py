@@ -179,6 +179,20 @@ def _duplicate_image_id(df: pd.DataFrame) -> None:
             "''",
             id="empty_patient",
         ),
+        pytest.param(
+            _set(3, "patient_id", "cohen:normal-3"),
+            "expect_column_values_to_match_regex",
+            "patient_id",
+            "cohen:normal-3",
+            id="patient_of_another_source",
+        ),
+        pytest.param(
+            _set(9, "age_group", "child"),
+            "expect_column_values_to_be_in_set",
+            "age_group",
+            "child",
+            id="age_group",
+        ),
     ],
 )
 def test_manifest_violation_fails_naming_expectation(

@@ -2,72 +2,50 @@
 
 :func:`ingest` runs four stages and accounts for every input at each one:
 
-1. **discover** (:mod:`cxrflow.data.sources`): every Kermany file under a split folder and every
-   Cohen ``metadata.csv`` row is *considered*. Cohen rows outside the filter are *excluded*;
-   inputs with no derivable label, a missing file or a path escaping the root are *quarantined*.
+1. **discover**: each configured ``(source, root)`` pair is read by its registered
+   :class:`~cxrflow.data.sources.Source` (:mod:`cxrflow.data.sources`): every input it yields
+   is *considered*. Inputs outside a source's filter (Cohen: not a COVID-19 frontal X-ray) are
+   *excluded* and listed in ``excluded.csv``; inputs with no derivable label, a missing file or
+   a path escaping the root are *quarantined*.
 2. **inspect** (:func:`cxrflow.data.images.inspect_image`), in parallel processes, in chunks of
    ``params.chunk_size`` with at most two chunks per worker in flight, so memory stays flat at
    any size. Workers return small records and store kept images themselves. Unreadable, empty,
    truncated, corrupt, bomb-sized, tiny or oddly-moded files are quarantined.
-3. **dedupe**: exact duplicates share a SHA-256; near duplicates are found by perceptual hash
-   (see below). A duplicate group whose labels disagree is quarantined entirely
-   (``duplicate_label_conflict``); a same-label group keeps one member (Kermany before Cohen,
-   then the lowest ``original_path``) and lists the others in ``duplicates.csv``.
-4. **write**: ``quarantine.csv``, ``duplicates.csv``, ``manifest.csv`` (each written to a tmp
-   file and renamed) and finally ``ingest_report.json``. The report is the completion marker:
-   it and the manifest are removed when a run starts, so a crashed run never leaves a manifest
-   next to a report that looks complete. Stored images no longer referenced are removed.
+3. **dedupe** (:func:`cxrflow.data.neardup.find_duplicates`): exact duplicates share a SHA-256;
+   near duplicates are confirmed by two hashes (see :mod:`cxrflow.data.neardup`). A duplicate
+   group whose labels disagree is quarantined entirely (``duplicate_label_conflict``); a
+   same-label group keeps one member (the source configured first, then the lowest
+   ``original_path``) and lists the others in ``duplicates.csv``.
+4. **write**: ``quarantine.csv``, ``excluded.csv``, ``duplicates.csv``, ``manifest.csv`` (each
+   written to a tmp file and renamed) and finally ``ingest_report.json``. The report is the
+   completion marker: it and the manifest are removed when a run starts, so a crashed run never
+   leaves a manifest next to a report that looks complete. Stored images no longer referenced
+   are removed.
 
 The invariant ``considered == kept + quarantined + excluded_by_filter + duplicates_collapsed``
 is checked before anything is written; a violation raises.
-
-Near duplicates. Chest radiographs resemble each other globally, and the 64-bit phash (signs of
-the 8x8 lowest DCT frequencies) cannot tell them apart: on the real Kermany sample (5840 images)
-226 pairs lie within Hamming distance 4; 34 are byte-identical copies, the other 192 are
-*different* radiographs, all of distinct patients (10 of them within distance 2). Used alone at
-distance 4 the phash would drop 79 distinct images and quarantine 153 more in 29 false label
-conflicts (one chained group of 45). So a phash match only nominates a pair; it is confirmed
-when the z-normalised 32x32 thumbnails (mean 0, std 1: brightness and contrast invariant) differ
-by an RMSE of at most :data:`NEAR_DUPLICATE_MAX_RMSE`::
-
-    near duplicate  <=>  d64(phash) <= k  and  rmse(z-thumbnails) <= 0.20,  k = phash_distance
-
-Measured: JPEG re-encoding (quality 30-90), halving, squashing to 224x224, +8% brightness and
-+10% contrast move a real radiograph (Kermany, Cohen, phantom) by d64 <= 4 and rmse <= 0.11;
-distinct radiographs within d64 <= 8 are at rmse >= 0.245 (Kermany; phantom >= 0.28). The
-256-bit phash is *not* a safe confirmation: it moved 22 bits between a Cohen image and its
-re-encoded copy in the 2020-08 supplement, and far more for smooth, low-detail images. Crops and
-burned-in annotations defeat global hashes: Cohen holds the same film cropped or annotated under
-two patient ids at rmse 0.21-0.25, overlapping the distinct-image tail, so those are not
-collapsed (precision first: a collapsed pair must be the same picture); pairs up to
-:data:`REVIEW_MAX_RMSE` are listed in the report's ``near_duplicate_review`` for a person.
-
-Candidate pairs come from multi-index hashing, never from all pairs: within distance k two
-64-bit hashes agree exactly on at least one of k + 1 bit bands (pigeonhole), so only pairs
-sharing a band value are compared; the work grows with those collisions, not with n^2. Groups
-are connected components of the confirmed pairs.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import os
 import re
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeAlias
 
 from cxrflow.config import IngestParams
-from cxrflow.data.images import THUMB_SIDE, ImageInfo, ImageRejected, inspect_image
+from cxrflow.data.images import ImageInfo, ImageRejected, inspect_image
 from cxrflow.data.manifest import (
     DUPLICATE_COLUMNS,
     DUPLICATES_FILE,
+    EXCLUDED_COLUMNS,
+    EXCLUDED_FILE,
     IMAGES_DIR,
     INGEST_REPORT_FILE,
     MANIFEST_COLUMNS,
@@ -77,34 +55,35 @@ from cxrflow.data.manifest import (
     manifest_hash,
     write_table,
 )
+from cxrflow.data.neardup import (
+    NEAR_DUPLICATE_MAX_RMSE,
+    NEAR_DUPLICATE_RULE,
+    REVIEW_MAX_RMSE,
+    find_duplicates,
+    hamming_hex,
+)
 from cxrflow.data.sources import (
-    COHEN,
-    KERMANY,
     Candidate,
     Excluded,
+    Record,
     Rejected,
-    discover_cohen,
-    discover_kermany,
+    Source,
+    Unreferenced,
+    get_source,
 )
-
-if TYPE_CHECKING:
-    import numpy as np
+from cxrflow.jsonio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("discovered", "after_filter", "after_quarantine", "after_dedupe")
 CONFLICT_REASON = "duplicate_label_conflict"
-SOURCE_RANK: dict[str, int] = {KERMANY: 0, COHEN: 1}
-"""Which member of a same-label duplicate group is kept: lowest rank, then lowest path."""
-NEAR_DUPLICATE_MAX_RMSE = 0.20
-"""Near-duplicate confirmation: RMSE of z-normalised 32x32 thumbnails (in image std units)."""
-REVIEW_MAX_RMSE = 0.30
-"""Phash-close pairs with thumbnail RMSE in (NEAR_DUPLICATE_MAX_RMSE, this] are listed for review."""
 REVIEW_MAX_LISTED = 200
-NEAR_DUPLICATE_RULE = (
-    f"d64(phash) <= k (k = ingest.phash_distance) and "
-    f"rmse(z-normalised 32x32 thumbnails) <= {NEAR_DUPLICATE_MAX_RMSE}"
+
+SourceRoots: TypeAlias = (
+    Sequence[tuple[str | Source, str | Path]] | Mapping[str, Sequence[str | Path]]
 )
+"""Ordered ``(source, root)`` pairs (a source by registered name or as an object), or the
+``data.sources`` mapping ``{name: [root, ...]}``."""
 
 _STORED_NAME = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]+$")
 
@@ -136,11 +115,11 @@ class IngestReport:
     Attributes:
         out_dir: The dataset directory written.
         origin: ``real`` or ``phantom``.
-        sources: The source roots read (and the Cohen metadata files).
-        considered: Kermany files plus Cohen metadata rows.
+        sources: ``{source name: [root, ...]}``, the roots read, in the order given.
+        considered: Inputs the sources yielded (Kermany files, Cohen metadata rows, ...).
         kept: Rows of ``manifest.csv``.
         quarantined: Rows of ``quarantine.csv``.
-        excluded_by_filter: Cohen rows outside the filter.
+        excluded_by_filter: Inputs outside a source's filter (rows of ``excluded.csv``).
         duplicates_collapsed: Rows of ``duplicates.csv``.
         considered_by_source: ``{source: n}``.
         stages: ``{stage: {source: {label: n}}}`` for :data:`STAGES`.
@@ -154,7 +133,8 @@ class IngestReport:
             kept and a dropped member, the confirmed ``near_pairs`` and their largest thumbnail
             RMSE (``max_pair_rmse``).
         conversions: ``{"<original_mode> -> <stored_mode>": n}`` for re-encoded images.
-        unreferenced: Files in a Cohen ``images/`` that no metadata row references.
+        unreferenced: Files in a source root that no metadata row references (Cohen
+            ``images/``); not considered.
         unreferenced_paths: Their ``original_path`` (sorted).
         manifest_hash: :func:`cxrflow.data.manifest.manifest_hash` of the manifest.
         near_duplicate_review: Phash-close pairs *not* collapsed because their thumbnail RMSE
@@ -176,7 +156,7 @@ class IngestReport:
 
     out_dir: str
     origin: str
-    sources: dict[str, Any]
+    sources: dict[str, list[str]]
     considered: int
     kept: int
     quarantined: int
@@ -297,189 +277,41 @@ def _inspect_all(
 # ---------------------------------------------------------------------------------- dedupe
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
-    import numpy as np
-
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x).astype(np.int64)
-    as_bytes = x.astype(np.uint64).view(np.uint8).reshape(*x.shape, 8)  # pragma: no cover
-    return np.unpackbits(as_bytes, axis=-1).sum(axis=-1).astype(np.int64)  # pragma: no cover
-
-
-def _band_codes(h64: np.ndarray, n_bands: int) -> list[np.ndarray]:
-    """Split each 64-bit hash into ``n_bands`` contiguous bit bands; one int64 code per band."""
-    import numpy as np
-
-    edges = np.linspace(0, 64, n_bands + 1).round().astype(int)
-    codes = []
-    for a, b in itertools.pairwise(edges):
-        width = int(b - a)
-        mask = np.uint64((1 << width) - 1) if width < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
-        codes.append(((h64 >> np.uint64(64 - b)) & mask).astype(np.int64))
-    return codes
-
-
-def _candidate_pairs(h64: np.ndarray, k: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Index pairs sharing one of ``k + 1`` bands of the 64-bit hash, batch by batch.
-
-    Pigeonhole: hashes within Hamming distance ``k`` agree exactly on at least one of ``k + 1``
-    disjoint bands. Sorting by band code puts such pairs in contiguous runs; the loop over the
-    offset ``t`` only keeps positions whose run continues, so the total work is the number of
-    colliding pairs, and each batch holds at most ``n`` pairs.
-    """
-    import numpy as np
-
-    n = h64.shape[0]
-    for code in _band_codes(h64, k + 1):
-        order = np.argsort(code, kind="stable")
-        skey = code[order]
-        t = 1
-        active = np.flatnonzero(skey[:-1] == skey[1:])
-        while active.size:
-            yield order[active], order[active + t]
-            t += 1
-            active = active[active + t < n]
-            active = active[skey[active] == skey[active + t]]
-
-
-def _thumb_rmse(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """RMSE between z-normalised thumbnails (brightness and contrast invariant), batched."""
-    import numpy as np
-
-    out = np.empty(i.shape[0], dtype=np.float64)
-    for a in range(0, i.shape[0], 4096):
-        x = thumbs[i[a : a + 4096]].astype(np.float32)
-        y = thumbs[j[a : a + 4096]].astype(np.float32)
-        for arr in (x, y):
-            arr -= arr.mean(axis=1, keepdims=True)
-            arr /= np.maximum(arr.std(axis=1, keepdims=True), 1e-6)
-        out[a : a + 4096] = np.sqrt(((x - y) ** 2).mean(axis=1))
-    return out
-
-
-def phash_close_pairs(
-    phash64: Sequence[str], thumbs: np.ndarray, max_distance: int
-) -> list[tuple[int, int, int, float]]:
-    """All pairs ``(i, j, d64, rmse)``, ``i < j``, sorted, whose phashes differ in <= k bits.
-
-    Candidates come from multi-index hashing, so the cost grows with the number of band
-    collisions, not with n^2; ``rmse`` is the thumbnail distance used to confirm them.
-
-    Args:
-        phash64: 16-hex-digit hashes.
-        thumbs: ``(n, THUMB_SIDE**2)`` uint8 thumbnails, same order.
-        max_distance: ``k``, the 64-bit Hamming threshold.
-    """
-    import numpy as np
-
-    n = len(phash64)
-    if n < 2:
-        return []
-    h64 = np.array([int(h, 16) for h in phash64], dtype=np.uint64)
-    close_i: list[np.ndarray] = []
-    close_j: list[np.ndarray] = []
-    for i, j in _candidate_pairs(h64, max_distance):
-        ok = _popcount(h64[i] ^ h64[j]) <= max_distance
-        if ok.any():
-            close_i.append(np.minimum(i[ok], j[ok]))
-            close_j.append(np.maximum(i[ok], j[ok]))
-    if not close_i:
-        return []
-    # a pair can share several bands: keep it once
-    pairs = np.unique(np.stack([np.concatenate(close_i), np.concatenate(close_j)], axis=1), axis=0)
-    pi, pj = pairs[:, 0], pairs[:, 1]
-    d64 = _popcount(h64[pi] ^ h64[pj])
-    rmse = _thumb_rmse(thumbs, pi, pj)
-    return [
-        (int(a), int(b), int(d), float(r)) for a, b, d, r in zip(pi, pj, d64, rmse, strict=True)
-    ]
-
-
-def near_duplicate_pairs(
-    phash64: Sequence[str],
-    thumbs: np.ndarray,
-    max_distance: int,
-    max_rmse: float = NEAR_DUPLICATE_MAX_RMSE,
-) -> list[tuple[int, int, int, float]]:
-    """Near-duplicate pairs ``(i, j, d64, rmse)``, ``i < j``, sorted.
-
-    A pair is a near duplicate when its 64-bit phashes differ in at most ``max_distance`` bits
-    *and* its z-normalised 32x32 thumbnails differ by an RMSE of at most ``max_rmse`` (see the
-    module docstring for why the phash alone is not enough).
-
-    Args:
-        phash64: 16-hex-digit hashes.
-        thumbs: ``(n, THUMB_SIDE**2)`` uint8 thumbnails, same order.
-        max_distance: ``k``, the 64-bit Hamming threshold.
-        max_rmse: Thumbnail threshold, in standard deviations of the image.
-    """
-    return [p for p in phash_close_pairs(phash64, thumbs, max_distance) if p[3] <= max_rmse]
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, a: int) -> int:
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def _hamming_hex(a: str, b: str) -> int:
-    return (int(a, 16) ^ int(b, 16)).bit_count()
-
-
 def _dedupe(
-    entries: list[_Entry], k: int
+    entries: list[_Entry], k: int, rank: Mapping[str, int]
 ) -> tuple[list[dict[str, Any]], dict[str, float], list[dict[str, Any]], list[tuple[str, str]]]:
     """Collapse duplicates among inspected entries (state ``_CANDIDATE`` with ``info``).
 
     Mutates entry states: kept -> ``_KEPT``, dropped -> ``_DUPLICATE``, conflicting groups ->
-    ``_QUARANTINED``. Returns the ``duplicates.csv`` rows, summary counts, and the phash-close
+    ``_QUARANTINED``. Returns the ``duplicates.csv`` rows, summary counts, the phash-close
     pairs just above the confirmation threshold (for a person to review), and the patient-id
-    pairs linked by a shared film.
+    pairs linked by a shared film. ``rank`` orders sources for the choice of the kept member.
     """
-    import numpy as np
+    live = [e for e in entries if e.state == _CANDIDATE and e.info is not None]
+    infos = [e.info for e in live if e.info is not None]
+    found = find_duplicates(
+        [i.sha256 for i in infos], [i.phash for i in infos], [i.thumb for i in infos], k
+    )
 
-    live = [i for i, e in enumerate(entries) if e.state == _CANDIDATE and e.info is not None]
-    uf = _UnionFind(len(live))
-    # exact: same bytes
-    by_sha: dict[str, int] = {}
-    for pos, idx in enumerate(live):
-        sha = entries[idx].info.sha256  # type: ignore[union-attr]
-        if sha in by_sha:
-            uf.union(by_sha[sha], pos)
-        else:
-            by_sha[sha] = pos
-    # near: one representative per distinct sha
-    reps = sorted(by_sha.values())
-    infos = [entries[live[p]].info for p in reps]
-    thumbs = np.zeros((len(reps), THUMB_SIDE * THUMB_SIDE), dtype=np.uint8)
-    for row, info in enumerate(infos):
-        assert info is not None
-        thumbs[row] = np.frombuffer(info.thumb, dtype=np.uint8)
-    close = phash_close_pairs([i.phash for i in infos if i is not None], thumbs, k)
-    pairs = [p for p in close if p[3] <= NEAR_DUPLICATE_MAX_RMSE]
-    for a, b, _, _ in pairs:
-        uf.union(reps[a], reps[b])
+    def pid(i: int) -> str:
+        cand = live[i].cand
+        assert cand is not None
+        return cand.patient_id
+
     review = []
-    for a, b, d, r in close:
+    for a, b, d, r in found.close:
         # look-alikes just above the threshold that did not end up in one group anyway
-        if NEAR_DUPLICATE_MAX_RMSE < r <= REVIEW_MAX_RMSE and uf.find(reps[a]) != uf.find(reps[b]):
-            ea, eb = entries[live[reps[a]]], entries[live[reps[b]]]
+        if (
+            NEAR_DUPLICATE_MAX_RMSE < r <= REVIEW_MAX_RMSE
+            and found.group_of[a] != found.group_of[b]
+        ):
+            ea, eb = live[a], live[b]
             review.append(
                 {
                     "a": f"{ea.source}:{ea.original_path}",
                     "b": f"{eb.source}:{eb.original_path}",
                     "labels": f"{ea.label}/{eb.label}",
-                    "patients": f"{ea.cand.patient_id}/{eb.cand.patient_id}",  # type: ignore[union-attr]
+                    "patients": f"{pid(a)}/{pid(b)}",
                     "distance": d,
                     "rmse": round(r, 4),
                 }
@@ -488,41 +320,33 @@ def _dedupe(
     # Patients linked by one film (a duplicate group, or a look-alike pair under review) may be
     # one person filed twice: the split keeps linked patients together (leakage-safe default).
     links: set[tuple[str, str]] = set()
-    for a, b, _, r in close:
-        if r <= REVIEW_MAX_RMSE:
-            pa = entries[live[reps[a]]].cand.patient_id  # type: ignore[union-attr]
-            pb = entries[live[reps[b]]].cand.patient_id  # type: ignore[union-attr]
-            if pa != pb:
-                links.add((min(pa, pb), max(pa, pb)))
-    groups: dict[int, list[int]] = defaultdict(list)
-    for pos, idx in enumerate(live):
-        groups[uf.find(pos)].append(idx)
+    for a, b, _, r in found.close:
+        if r <= REVIEW_MAX_RMSE and pid(a) != pid(b):
+            links.add((min(pid(a), pid(b)), max(pid(a), pid(b))))
 
     rows: list[dict[str, Any]] = []
     stats: dict[str, float] = dict.fromkeys(
         ("exact", "near", "groups", "cross_source", "conflict_groups", "max_near_distance"), 0
     )
-    stats["near_pairs"] = len(pairs)
-    stats["max_pair_rmse"] = round(max((p[3] for p in pairs), default=0.0), 4)
-    for members in groups.values():
+    stats["near_pairs"] = len(found.near)
+    stats["max_pair_rmse"] = round(max((p[3] for p in found.near), default=0.0), 4)
+    for group in found.groups:
+        members = [live[i] for i in group]
         if len(members) == 1:
-            entries[members[0]].state = _KEPT
+            members[0].state = _KEPT
             continue
-        pids = sorted({entries[m].cand.patient_id for m in members})  # type: ignore[union-attr]
+        pids = sorted({pid(i) for i in group})
         links.update((min(pids[0], p), max(pids[0], p)) for p in pids[1:])
-        members.sort(
-            key=lambda m: (SOURCE_RANK.get(entries[m].source, 9), entries[m].original_path)
-        )
+        members.sort(key=lambda e: (rank[e.source], e.original_path))
         stats["groups"] += 1
-        labels = {entries[m].label for m in members}
+        labels = {e.label for e in members}
         if len(labels) > 1:
             stats["conflict_groups"] += 1
-            for m in members:
-                e = entries[m]
-                others = [entries[o] for o in members if entries[o].label != e.label]
+            for e in members:
+                others = [o for o in members if o.label != e.label]
                 # name an identical file when there is one, else the first near duplicate
-                o = next((x for x in others if x.info.sha256 == e.info.sha256), others[0])  # type: ignore[union-attr]
-                same = e.info.sha256 == o.info.sha256  # type: ignore[union-attr]
+                o = next((x for x in others if _sha(x) == _sha(e)), others[0])
+                same = _sha(e) == _sha(o)
                 e.state = _QUARANTINED
                 e.reason = CONFLICT_REASON
                 e.detail = (
@@ -531,16 +355,15 @@ def _dedupe(
                     f" (group of {len(members)}: labels {sorted(labels)})"
                 )
             continue
-        keep = entries[members[0]]
+        keep = members[0]
         keep.state = _KEPT
         kinfo = keep.info
         assert kinfo is not None
-        for m in members[1:]:
-            e = entries[m]
+        for e in members[1:]:
             assert e.info is not None
             e.state = _DUPLICATE
             exact = e.info.sha256 == kinfo.sha256
-            dist = 0 if exact else _hamming_hex(e.info.phash, kinfo.phash)
+            dist = 0 if exact else hamming_hex(e.info.phash, kinfo.phash)
             stats["exact" if exact else "near"] += 1
             stats["cross_source"] += int(e.source != keep.source)
             if not exact:
@@ -558,6 +381,11 @@ def _dedupe(
             )
     rows.sort(key=lambda r: (r["kept_image_id"], r["dropped_source"], r["dropped_original_path"]))
     return rows, stats, review, sorted(links)
+
+
+def _sha(e: _Entry) -> str:
+    assert e.info is not None
+    return e.info.sha256
 
 
 # ------------------------------------------------------------------------------------ ingest
@@ -628,33 +456,61 @@ def _prune_images(out: Path, keep: set[str]) -> int:
     return removed
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+def _entry(rec: Record) -> _Entry | None:
+    """The entry of a considered record; ``None`` for an unreferenced file (not considered)."""
+    if isinstance(rec, Unreferenced):
+        return None
+    if isinstance(rec, Candidate):
+        return _Entry(rec.source, rec.original_path, rec.label, _CANDIDATE, rec)
+    # a rejected input is quarantined; an excluded one is listed in excluded.csv
+    return _Entry(
+        rec.source,
+        rec.original_path,
+        rec.label,
+        _QUARANTINED if isinstance(rec, Rejected) else _EXCLUDED,
+        reason=rec.reason,
+        detail=rec.detail,
+        excluded_file_present=isinstance(rec, Excluded) and rec.file_present,
+    )
+
+
+def resolve_sources(sources: SourceRoots) -> list[tuple[Source, Path]]:
+    """``(Source, root)`` pairs, in order, from names or source objects.
+
+    Args:
+        sources: See :data:`SourceRoots`.
+
+    Raises:
+        ValueError: A name no source is registered under (naming ``data.sources.<name>`` and
+            the registered names).
+    """
+    pairs: Iterable[tuple[str | Source, str | Path]]
+    if isinstance(sources, Mapping):
+        pairs = [(name, root) for name, roots in sources.items() for root in roots]
+    else:
+        pairs = sources
+    return [(get_source(src) if isinstance(src, str) else src, Path(root)) for src, root in pairs]
 
 
 def ingest(
     out_dir: str | Path,
     params: IngestParams,
+    sources: SourceRoots,
     *,
-    kermany_dir: str | Path | None = None,
-    cohen_dirs: Iterable[str | Path] = (),
     origin: str = "real",
-    cohen_metadata: Path | None = None,
     copy_images: bool = True,
 ) -> IngestReport:
-    """Build a dataset directory (see :mod:`cxrflow.data.manifest`) from Kermany and Cohen roots.
+    """Build a dataset directory (see :mod:`cxrflow.data.manifest`) from source roots.
 
     Args:
         out_dir: The dataset directory to (re)write.
-        params: Decoding limits, duplicate threshold, parallelism.
-        kermany_dir: Kermany root (see :func:`cxrflow.data.sources.find_kermany_root`).
-        cohen_dirs: Cohen roots (``metadata.csv`` + ``images/``); duplicates across them and
-            with Kermany are collapsed.
+        params: Decoding limits, source filters, duplicate threshold, parallelism.
+        sources: The roots to read, each with its source (see :data:`SourceRoots`), e.g.
+            ``[("kermany", "data/kermany"), ("cohen", "data/cohen-a"), ("cohen", "data/cohen-b")]``
+            or ``params.data.sources``. Duplicates within and across roots are collapsed; in a
+            same-label duplicate group the member of the source listed first is kept. A source
+            object, e.g. ``CohenSource(metadata_csv=...)``, reads a root its own way.
         origin: ``real`` or ``phantom``, copied to the manifest's ``origin`` column.
-        cohen_metadata: Read this ``metadata.csv`` instead of the root's own (one Cohen root
-            only), e.g. another version of the file.
         copy_images: Store kept images under ``images/``. When false nothing is stored (a
             dry run: the manifest's ``path`` names where each image would be).
 
@@ -662,8 +518,8 @@ def ingest(
         The report (also written to ``ingest_report.json``).
 
     Raises:
-        ValueError: No source given, ``cohen_metadata`` with several Cohen roots, a metadata
-            file missing a required column, or ``origin`` not ``real``/``phantom``.
+        ValueError: No source given, an unknown source name, a metadata file missing a
+            required column, or ``origin`` not ``real``/``phantom``.
         FileNotFoundError: A source root or metadata file that does not exist.
         RuntimeError: When the counts do not add up (a bug), or a worker process died.
     """
@@ -672,13 +528,14 @@ def ingest(
     from cxrflow.config import params_to_dict
 
     t0 = time.perf_counter()
-    cohen_roots = [Path(c) for c in cohen_dirs]
-    if kermany_dir is None and not cohen_roots:
-        raise ValueError("ingest: no source given (kermany_dir and cohen_dirs are both empty)")
-    if cohen_metadata is not None and len(cohen_roots) != 1:
-        raise ValueError("ingest: cohen_metadata needs exactly one Cohen root")
+    roots = resolve_sources(sources)
+    if not roots:
+        raise ValueError("ingest: no source given (data.sources is empty)")
     if origin not in ("real", "phantom"):
         raise ValueError(f"ingest: origin must be 'real' or 'phantom', got {origin!r}")
+    rank: dict[str, int] = {}
+    for src, _ in roots:
+        rank.setdefault(src.name, len(rank))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for marker in (INGEST_REPORT_FILE, MANIFEST_FILE):
@@ -686,43 +543,20 @@ def ingest(
 
     # 1. discover -----------------------------------------------------------------------------
     entries: list[_Entry] = []
-    sources: dict[str, Any] = {"kermany_dir": None, "cohen_dirs": [], "cohen_metadata": []}
+    read: dict[str, list[str]] = {}
     unreferenced: list[str] = []
-
-    def add(rec: Candidate | Rejected | Excluded) -> None:
-        if isinstance(rec, Candidate):
-            entries.append(_Entry(rec.source, rec.original_path, rec.label, _CANDIDATE, rec))
-        else:  # a rejected file is quarantined; an excluded row only counted
-            entries.append(
-                _Entry(
-                    rec.source,
-                    rec.original_path,
-                    rec.label,
-                    _QUARANTINED if isinstance(rec, Rejected) else _EXCLUDED,
-                    reason=rec.reason,
-                    detail=rec.detail,
-                    excluded_file_present=isinstance(rec, Excluded) and rec.file_present,
-                )
-            )
-
-    if kermany_dir is not None:
-        sources["kermany_dir"] = str(kermany_dir)
-        for krec in discover_kermany(kermany_dir):
-            add(krec)
-    for root in cohen_roots:
-        disc = discover_cohen(root, params.cohen, cohen_metadata)
-        sources["cohen_dirs"].append(str(root))
-        sources["cohen_metadata"].append(str(disc.metadata_csv))
-        records: list[Candidate | Rejected | Excluded] = [
-            *disc.candidates,
-            *disc.rejected,
-            *disc.excluded,
-        ]
-        for rec in records:
-            add(rec)
-        unreferenced.extend(disc.unreferenced)
+    for src, root in roots:
+        read.setdefault(src.name, []).append(str(root))
+        for rec in src.discover(root, params):
+            if rec.source != src.name:
+                raise RuntimeError(f"source {src.name}: {root}: a record names {rec.source!r}")
+            entry = _entry(rec)
+            if entry is None:
+                unreferenced.append(rec.original_path)
+            else:
+                entries.append(entry)
     # a deterministic order independent of discovery order
-    entries.sort(key=lambda e: (SOURCE_RANK.get(e.source, 9), e.original_path, e.reason))
+    entries.sort(key=lambda e: (rank[e.source], e.original_path, e.reason))
     stage_counts = {"discovered": _count(entries)}
     stage_counts["after_filter"] = _count(e for e in entries if e.state != _EXCLUDED)
     log.info("ingest: %d inputs considered", len(entries))
@@ -745,7 +579,7 @@ def ingest(
     patients = {"after_quarantine": _count_patients(e for e in entries if e.state == _CANDIDATE)}
 
     # 3. dedupe -------------------------------------------------------------------------------
-    dup_rows, dup_stats, review, patient_links = _dedupe(entries, params.phash_distance)
+    dup_rows, dup_stats, review, patient_links = _dedupe(entries, params.phash_distance, rank)
     kept = [e for e in entries if e.state == _KEPT]
     stage_counts["after_dedupe"] = _count(kept)
     patients["after_dedupe"] = _count_patients(kept)
@@ -783,6 +617,21 @@ def ingest(
         columns=list(QUARANTINE_COLUMNS),
     ).sort_values(["source", "original_path", "reason"], kind="stable", ignore_index=True)
     write_table(quarantine, out / QUARANTINE_FILE, QUARANTINE_COLUMNS)
+    excluded_table = pd.DataFrame(
+        [
+            {
+                "source": e.source,
+                "original_path": e.original_path,
+                "label": e.label,
+                "reason": e.reason,
+                "detail": " ".join(e.detail.split()),
+                "file_present": str(e.excluded_file_present).lower(),
+            }
+            for e in excluded
+        ],
+        columns=list(EXCLUDED_COLUMNS),
+    ).sort_values(["source", "original_path", "reason"], kind="stable", ignore_index=True)
+    write_table(excluded_table, out / EXCLUDED_FILE, EXCLUDED_COLUMNS)
     write_table(
         pd.DataFrame(dup_rows, columns=list(DUPLICATE_COLUMNS)),
         out / DUPLICATES_FILE,
@@ -803,7 +652,7 @@ def ingest(
     report = IngestReport(
         out_dir=str(out),
         origin=origin,
-        sources=sources,
+        sources=read,
         considered=len(entries),
         kept=len(kept),
         quarantined=len(quarantined),
@@ -834,7 +683,7 @@ def ingest(
         inspect_s=round(inspect_s, 3),
         images_per_s=round(len(tasks) / elapsed, 1) if elapsed > 0 else 0.0,
     )
-    _write_json_atomic(out / INGEST_REPORT_FILE, report.to_dict())
+    write_json_atomic(out / INGEST_REPORT_FILE, report.to_dict())
     log.info("ingest: %s", summarize_report(report).splitlines()[0])
     return report
 

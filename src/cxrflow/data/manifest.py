@@ -5,6 +5,8 @@ A *dataset directory* (the output of ingest, a KFP ``Dataset`` artifact or a DVC
 - ``manifest.csv``: :data:`MANIFEST_COLUMNS`, one row per kept image, sorted by ``image_id``;
 - ``images/``: the kept images, content-addressed (``images/<sha[:2]>/<sha256>.<ext>``);
 - ``quarantine.csv``: :data:`QUARANTINE_COLUMNS`, one row per rejected input with a reason;
+- ``excluded.csv``: :data:`EXCLUDED_COLUMNS`, one row per input outside a source's filter
+  (e.g. a Cohen row that is not a COVID-19 frontal X-ray), with the reason and offending value;
 - ``duplicates.csv``: :data:`DUPLICATE_COLUMNS`, every exact or near duplicate collapsed;
 - ``ingest_report.json``: counts per stage, source and label, and the manifest hash.
 
@@ -23,43 +25,55 @@ if TYPE_CHECKING:  # pandas is heavy-ish; only typing needs it at import time
 
 MANIFEST_FILE = "manifest.csv"
 QUARANTINE_FILE = "quarantine.csv"
+EXCLUDED_FILE = "excluded.csv"
 DUPLICATES_FILE = "duplicates.csv"
 INGEST_REPORT_FILE = "ingest_report.json"
 IMAGES_DIR = "images"
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "image_id",       # sha256[:16] of the original bytes
-    "path",           # relative to the dataset dir
-    "label",          # normal | bacterial | viral | covid
-    "source",         # kermany | cohen
-    "origin",         # real | phantom
-    "patient_id",     # "<source>:<id>"; grouping key for splits
-    "view",           # PA, AP, AP Supine, ... ("" when unknown)
-    "age_group",      # pediatric | adult | unknown (exposes the source shortcut)
+    "image_id",  # sha256[:16] of the original bytes
+    "path",  # relative to the dataset dir
+    "label",  # normal | bacterial | viral | covid
+    "source",  # a registered source's name (cxrflow.data.sources): kermany | cohen
+    "origin",  # real | phantom
+    "patient_id",  # "<source>:<id>"; grouping key for splits
+    "view",  # PA, AP, AP Supine, ... ("" when unknown)
+    "age_group",  # pediatric | adult | unknown (exposes the source shortcut)
     "width",
     "height",
-    "mode",           # PIL mode as stored: L or RGB
+    "mode",  # PIL mode as stored: L or RGB
     "original_mode",  # PIL mode of the input file (RGBA, I;16, CMYK, ...)
-    "sha256",         # of the original file bytes
-    "phash",          # 64-bit perceptual hash, hex
+    "sha256",  # of the original file bytes
+    "phash",  # 64-bit perceptual hash, hex
     "original_path",  # as found, relative to the parent of the source root (includes its name)
-    "source_split",   # the source's own split (Kermany train/test), "" if none
+    "source_split",  # the source's own split (Kermany train/test), "" if none
 )
 
 QUARANTINE_COLUMNS: tuple[str, ...] = ("source", "original_path", "reason", "detail")
 
+EXCLUDED_COLUMNS: tuple[str, ...] = (
+    "source",
+    "original_path",
+    "label",  # the label it would have had, or the source's placeholder (Cohen: other)
+    "reason",  # e.g. not_covid_finding | modality_not_xray | view_not_frontal
+    "detail",  # the offending value, e.g. finding='SARS'
+    "file_present",  # true | false: whether the referenced file exists
+)
+
 DUPLICATE_COLUMNS: tuple[str, ...] = (
-    "kind",            # exact | near
+    "kind",  # exact | near
     "kept_image_id",
     "dropped_original_path",
     "dropped_source",
     "kept_original_path",
     "kept_source",
-    "distance",        # Hamming distance of the perceptual hashes (0 for exact)
+    "distance",  # Hamming distance of the perceptual hashes (0 for exact)
 )
 
 SPLIT_COLUMNS: tuple[str, ...] = (*MANIFEST_COLUMNS, "dataset", "split")
 """Columns of ``dataset_0.csv`` / ``dataset_1.csv`` in a splits directory."""
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""Values of the ``split`` column."""
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

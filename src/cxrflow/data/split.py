@@ -4,12 +4,13 @@ Pure functions over the manifest DataFrame. The split is grouped by ``patient_id
 patient contributes images to two splits (the paper does not say it did this; leaking patients
 across splits inflates test scores). The report also exposes the *source shortcut*: in the
 paper's Dataset_1 every normal and bacterial image is pediatric (Kermany) and every COVID image
-adult (Cohen), so a classifier can score well by telling sources apart.
+adult (Cohen), so a classifier can score well by telling sources apart. Which labels of which
+source enter each dataset, and which population a source was drawn from, are the sources' own
+attributes (:class:`cxrflow.data.sources.Source`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrflow.config import DATASETS, SplitParams
-from cxrflow.data.manifest import SPLIT_COLUMNS, write_table
+from cxrflow.data.manifest import SPLIT_COLUMNS, SPLITS, write_table
+from cxrflow.data.sources import get_source
+from cxrflow.data.unionfind import UnionFind
+from cxrflow.jsonio import write_json_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_REPORT_FILE = "split_report.json"
 
 
@@ -54,16 +57,26 @@ class SplitReport:
 def select_dataset_rows(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Rows eligible for a dataset, before undersampling.
 
-    Dataset_0 is Kermany's normal / bacterial / viral. Dataset_1 is Kermany's normal /
-    bacterial plus COVID-19 from any Cohen source (the paper's construction).
+    Each source says which of its labels a dataset takes (:attr:`Source.datasets`): the paper's
+    Dataset_0 is Kermany's normal / bacterial / viral, Dataset_1 Kermany's normal / bacterial
+    plus Cohen's COVID-19.
+
+    Raises:
+        ValueError: A manifest source that is not registered.
     """
-    classes = DATASETS[dataset]
-    rows = manifest[manifest["label"].isin(classes)]
-    kermany = (rows["source"] == "kermany") & rows["label"].isin(["normal", "bacterial", "viral"])
-    if dataset == "dataset_0":
-        rows = rows[kermany]
-    else:
-        rows = rows[kermany | (rows["label"] == "covid")]
+    classes = set(DATASETS[dataset])
+    takes = {
+        name: classes & set(get_source(name).datasets.get(dataset, ()))
+        for name in manifest["source"].unique()
+    }
+    keep = np.array(
+        [
+            label in takes[source]
+            for source, label in zip(manifest["source"], manifest["label"], strict=True)
+        ],
+        dtype=bool,
+    )
+    rows = manifest[keep]
     return rows.sort_values("image_id").reset_index(drop=True)
 
 
@@ -101,9 +114,7 @@ def undersample(
     return out.sort_values("image_id").reset_index(drop=True), shortfalls
 
 
-def _allocate(
-    patient_labels: pd.DataFrame, fraction: float, rng: np.random.Generator
-) -> set[str]:
+def _allocate(patient_labels: pd.DataFrame, fraction: float, rng: np.random.Generator) -> set[str]:
     """Choose patients so that each primary label gets ~``fraction`` of its images."""
     chosen: set[str] = set()
     for _label, grp in patient_labels.groupby("primary", sort=True):
@@ -112,14 +123,12 @@ def _allocate(
         total = int(order["n"].sum())
         target = fraction * total
         acc = 0
-        taken = 0
-        for pid, n in zip(order["patient_id"], order["n"], strict=True):
+        for taken, (pid, n) in enumerate(zip(order["patient_id"], order["n"], strict=True)):
             if acc >= target:
                 break
             if len(order) > 1 and taken == len(order) - 1:
                 break  # keep at least one patient of this class on the other side
             chosen.add(pid)
-            taken += 1
             acc += int(n)
     return chosen
 
@@ -128,22 +137,14 @@ def link_groups(patient_ids: Iterable[str], links: Iterable[Sequence[str]]) -> d
     """Map each patient id to a group id: patients linked (transitively) share one group.
 
     Links come from ingest (one film filed under two patient ids); the group id is the
-    smallest patient id of the group, so it is deterministic.
+    smallest patient id of the group, so it is deterministic. Links naming an unknown patient
+    are ignored.
     """
-    parent: dict[str, str] = {p: p for p in patient_ids}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    groups: UnionFind[str] = UnionFind(patient_ids)
     for a, b in links:
-        if a in parent and b in parent:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    return {p: find(p) for p in parent}
+        if a in groups and b in groups:
+            groups.union(a, b)
+    return groups.roots()
 
 
 def grouped_split(
@@ -184,9 +185,7 @@ def build_dataset(
     dataset: str,
     params: SplitParams,
     links: Iterable[Sequence[str]] = (),
-) -> tuple[
-    pd.DataFrame, dict[str, int]
-]:
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """Undersample and split one dataset. Returns the split table and the shortfalls."""
     rows = select_dataset_rows(manifest, dataset)
     classes = DATASETS[dataset]
@@ -204,11 +203,28 @@ def build_dataset(
     return table.reindex(columns=list(SPLIT_COLUMNS)), shortfalls
 
 
+CONFOUND_ATTRIBUTES: tuple[str, ...] = ("source", "age_group", "population")
+"""Attributes a label must not be determined by; ``population`` is the source's."""
+
+
 def detect_confounds(table: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, int]]]:
-    """Warnings where a label is fully determined by source or age group (shortcut risk)."""
+    """Warnings where a label is fully determined by an attribute (shortcut risk).
+
+    Checks :data:`CONFOUND_ATTRIBUTES`: the manifest's ``source`` and ``age_group``, and the
+    ``population`` each source was drawn from (:attr:`Source.population`), which exposes the
+    child/adult shortcut even where ages are unknown per image.
+
+    Returns:
+        The warnings, and per attribute the ``"<label>|<value>" -> rows`` cross-tabulation.
+    """
+    table = table.assign(
+        population=table["source"].map(
+            {name: get_source(name).population for name in table["source"].unique()}
+        )
+    )
     warnings: list[str] = []
     crosstabs: dict[str, dict[str, int]] = {}
-    for attr in ("source", "age_group"):
+    for attr in CONFOUND_ATTRIBUTES:
         ct = table.groupby(["label", attr]).size()
         crosstabs[attr] = {f"{lab}|{val}": int(n) for (lab, val), n in ct.items()}
         per_label = table.groupby("label")[attr].nunique()
@@ -278,13 +294,10 @@ def read_split_table(splits_dir: str | Path, dataset: str) -> pd.DataFrame:
     return df
 
 
-def write_splits(
-    tables: dict[str, pd.DataFrame], report: SplitReport, out_dir: str | Path
-) -> None:
+def write_splits(tables: dict[str, pd.DataFrame], report: SplitReport, out_dir: str | Path) -> None:
     """Write ``dataset_0.csv``, ``dataset_1.csv`` and ``split_report.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
         write_table(table, out / f"{name}.csv", SPLIT_COLUMNS)
-    (out / SPLIT_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
-
+    write_json_atomic(out / SPLIT_REPORT_FILE, report.to_dict())

@@ -4,8 +4,10 @@ Two suites, each run through an in-memory (ephemeral) GX context by a ``Checkpoi
 pandas ``dataframe`` asset with a whole-dataframe batch definition:
 
 - the *manifest suite* (:func:`build_manifest_suite`): column set, non-empty table,
-  label/source/origin/mode sets, image size bounds, unique and well-formed ``sha256``, unique
-  ``image_id``, non-empty ``patient_id`` and a minimum number of rows per class;
+  label/origin/mode/age-group sets, ``source`` among the registered sources
+  (:mod:`cxrflow.data.sources`) and each source's ``patient_id`` prefixed with its name,
+  image size bounds, unique and well-formed ``sha256``, unique ``image_id`` and a minimum
+  number of rows per class;
 - the *split suite* (:func:`build_split_suite`): split names, all three splits non-empty, no
   patient in two splits, class balance within tolerance, unique ``image_id``.
 
@@ -32,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cxrflow.config import ALL_LABELS, DATASETS, ValidateParams
-from cxrflow.data.manifest import MANIFEST_COLUMNS, SPLIT_COLUMNS
+from cxrflow.data.manifest import MANIFEST_COLUMNS, SPLIT_COLUMNS, SPLITS
+from cxrflow.data.sources import AGE_GROUPS, registered_sources
 
 if TYPE_CHECKING:  # both are heavy; only typing needs them at import time
     import great_expectations as gx
@@ -44,12 +47,9 @@ MANIFEST_SUITE_NAME = "cxrflow_manifest"
 SPLIT_SUITE_NAME = "cxrflow_splits"
 DATA_DOCS_SITE_NAME = "cxrflow"
 
-SOURCES: tuple[str, ...] = ("kermany", "cohen")
 ORIGINS: tuple[str, ...] = ("real", "phantom")
 IMAGE_MODES: tuple[str, ...] = ("L", "RGB")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 SHA256_REGEX = r"^[0-9a-f]{64}$"
-PATIENT_ID_REGEX = r".+:.+"  # GX searches (re.search), so this means "<source>:<id>", non-empty
 
 # Derived columns added to a copy of the table before validation (see the module docstring).
 CLASS_COUNT_COLUMN = "class_count"
@@ -157,7 +157,9 @@ def _fmt_set(values: Sequence[str]) -> str:
 
 
 def build_manifest_suite(
-    params: ValidateParams, labels: Sequence[str] = ALL_LABELS
+    params: ValidateParams,
+    labels: Sequence[str] = ALL_LABELS,
+    sources: Sequence[str] | None = None,
 ) -> gx.ExpectationSuite:
     """Build the manifest expectation suite.
 
@@ -168,13 +170,18 @@ def build_manifest_suite(
     Args:
         params: Thresholds (``min_per_class``, ``min_side``, ``max_side``).
         labels: Allowed labels.
+        sources: Allowed source names; default every registered source. Each gets an
+            expectation that its rows' ``patient_id`` is ``<name>:<id>``.
 
     Returns:
         An unsaved ``gx.ExpectationSuite`` named :data:`MANIFEST_SUITE_NAME`.
     """
     gx = _import_gx()
+    from great_expectations.expectations.row_conditions import Column
+
     ex = gx.expectations
     lo, hi = params.min_side, params.max_side
+    names = list(sources) if sources is not None else [s.name for s in registered_sources()]
     expectations = [
         ex.ExpectTableColumnsToMatchSet(
             column_set=list(MANIFEST_COLUMNS),
@@ -189,7 +196,7 @@ def build_manifest_suite(
             column="label", value_set=list(labels), description=f"label in {_fmt_set(labels)}"
         ),
         ex.ExpectColumnValuesToBeInSet(
-            column="source", value_set=list(SOURCES), description=f"source in {_fmt_set(SOURCES)}"
+            column="source", value_set=names, description=f"source in {_fmt_set(names)}"
         ),
         ex.ExpectColumnValuesToBeInSet(
             column="origin", value_set=list(ORIGINS), description=f"origin in {_fmt_set(ORIGINS)}"
@@ -210,11 +217,20 @@ def build_manifest_suite(
         ex.ExpectColumnValuesToMatchRegex(
             column="sha256", regex=SHA256_REGEX, description="sha256 is 64 lowercase hex digits"
         ),
+        ex.ExpectColumnValuesToBeInSet(
+            column="age_group",
+            value_set=list(AGE_GROUPS),
+            description=f"age_group in {_fmt_set(AGE_GROUPS)}",
+        ),
         ex.ExpectColumnValuesToNotBeNull(column="patient_id", description="patient_id is not null"),
-        ex.ExpectColumnValuesToMatchRegex(
-            column="patient_id",
-            regex=PATIENT_ID_REGEX,
-            description="patient_id is non-empty '<source>:<id>'",
+        *(
+            ex.ExpectColumnValuesToMatchRegex(
+                column="patient_id",
+                regex=rf"^{name}:.+",
+                row_condition=Column("source") == name,
+                description=f"{name}: patient_id is non-empty '{name}:<id>'",
+            )
+            for name in names
         ),
         ex.ExpectColumnValuesToBeBetween(
             column=CLASS_COUNT_COLUMN,

@@ -7,7 +7,8 @@ A version is therefore any git revision, normally a tag such as ``data-v1``.
 
 - :func:`init_registry` and :func:`snapshot` write versions (``dvc add``, commit, tag, push).
 - :func:`list_versions` and :func:`resolve` describe versions; class counts come from
-  directory listings and Cohen's ``metadata.csv`` only, never from image downloads.
+  directory listings and metadata files only (each source's
+  :meth:`~cxrflow.data.sources.Source.count_labels`), never from image downloads.
 - :func:`materialize` downloads some paths of a version into a folder, with no checkout.
 - :func:`rollback` restores the registry's working copy of the data to an older version.
 
@@ -26,10 +27,9 @@ No other network. ``dvc`` runs with ``DVC_NO_ANALYTICS=1``; :func:`init_registry
 for updates only in ``dvc version``, but a person may run that in the registry). Git is only
 used locally.
 
-Commands run as subprocesses (``python -m dvc`` of this interpreter, and ``git``); a failing
-command raises :class:`DataRegistryError` (a :class:`RuntimeError`) naming the command and its
-error output. Commits use the configured git identity, or ``cxrflow <cxrflow@localhost>`` where
-none is configured.
+Commands run through :mod:`cxrflow.data.vcs` (subprocesses with timeouts); a failing command
+raises :class:`~cxrflow.data.vcs.DataRegistryError` (a :class:`RuntimeError`) naming the command
+and its error output.
 """
 
 from __future__ import annotations
@@ -38,40 +38,35 @@ import dataclasses
 import logging
 import os
 import posixpath
-import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from cxrflow.config import CohenFilter
+from cxrflow.data.vcs import (
+    DataRegistryError,
+    dvc,
+    first_line,
+    git,
+    git_identity_args,
+    tail,
+)
 from cxrflow.storage import endpoint_url_from_env
 
 if TYPE_CHECKING:
     from dvc.api import DVCFileSystem
 
+    from cxrflow.config import IngestParams
+
 log = logging.getLogger(__name__)
 
-GIT_FALLBACK_IDENTITY: tuple[tuple[str, str], ...] = (
-    ("user.name", "cxrflow"),
-    ("user.email", "cxrflow@localhost"),
-)
-"""Used for commits and tags only where git has no identity configured."""
 DEFAULT_REMOTE_NAME = "storage"
 HEAD = "HEAD"
 _UNSAVED_MARKER = "without confirmation"
 """In DVC's message when ``dvc checkout`` would delete files missing from the cache."""
-_ERROR_TAIL = 4000
-
-
-class DataRegistryError(RuntimeError):
-    """A registry operation failed: a git/dvc command, a missing path, an unreachable remote."""
 
 
 class UnknownRevisionError(DataRegistryError, LookupError):
@@ -91,8 +86,8 @@ class DataVersion:
         message: Full commit message.
         dvc_hashes: DVC-tracked path (relative to the repo root, POSIX) -> the md5 pinned by its
             ``.dvc`` file at this commit (``<md5>.dir`` for a folder).
-        class_counts: ``"kermany"`` / ``"cohen"`` -> label -> number of inputs, from listings
-            (see :func:`list_versions`); empty when not computed.
+        class_counts: Source name -> label -> number of inputs, from listings (see
+            :func:`list_versions`); empty when not computed.
     """
 
     rev: str
@@ -107,9 +102,7 @@ class DataVersion:
         """Images per label summed over sources (every label of :data:`ALL_LABELS`)."""
         from cxrflow.config import ALL_LABELS
 
-        return {
-            lab: sum(c.get(lab, 0) for c in self.class_counts.values()) for lab in ALL_LABELS
-        }
+        return {lab: sum(c.get(lab, 0) for c in self.class_counts.values()) for lab in ALL_LABELS}
 
 
 @dataclass(frozen=True)
@@ -131,77 +124,6 @@ class _Remote:
         if self.url and self.url.startswith("s3://"):
             where += f" at endpoint {self.endpoint or 'AWS default (AWS_ENDPOINT_URL unset)'}"
         return f"remote {self.name!r} ({where})"
-
-
-# ------------------------------------------------------------------------------ subprocesses
-
-
-def _tail(text: str) -> str:
-    text = text.strip()
-    return text if len(text) <= _ERROR_TAIL else "..." + text[-_ERROR_TAIL:]
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "(no output)"
-
-
-def _run(
-    cmd: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` in ``cwd``; with ``check``, a non-zero exit raises naming cmd and stderr.
-
-    A command that does not finish within ``CXRFLOW_DVC_TIMEOUT`` seconds (default 1800) is
-    killed and reported: a stuck remote must fail a nightly run, not hang it.
-    """
-    log.debug("run: %s (in %s)", shlex.join(cmd), cwd)
-    timeout = float(os.environ.get("CXRFLOW_DVC_TIMEOUT", "1800"))
-    try:
-        proc = subprocess.run(
-            list(cmd),
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise DataRegistryError(
-            f"command timed out after {timeout:.0f} s: {shlex.join(cmd)} (in {cwd})"
-        ) from exc
-    except OSError as exc:
-        raise DataRegistryError(f"cannot run {shlex.join(cmd)!r} in {cwd}: {exc}") from exc
-    if check and proc.returncode != 0:
-        output = "\n".join(s for s in (_tail(proc.stderr), _tail(proc.stdout)) if s)
-        raise DataRegistryError(
-            f"command failed (exit {proc.returncode}): {shlex.join(cmd)}\n"
-            f"  in {cwd}\n{output or '(no output)'}"
-        )
-    return proc
-
-
-def _dvc_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["DVC_NO_ANALYTICS"] = "1"
-    return env
-
-
-def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return _run([sys.executable, "-m", "dvc", *args], root, env=_dvc_env(), check=check)
-
-
-def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return _run(["git", *args], root, check=check)
-
-
-def _git_identity_args(root: Path) -> list[str]:
-    """``-c user.name=... -c user.email=...`` for whichever of the two git lacks."""
-    args: list[str] = []
-    for key, value in GIT_FALLBACK_IDENTITY:
-        if _git(root, "config", "--get", key, check=False).returncode != 0:
-            args += ["-c", f"{key}={value}"]
-    return args
 
 
 # ------------------------------------------------------------------------------ git helpers
@@ -232,7 +154,7 @@ def _norm_path(root: Path, path: str | os.PathLike[str]) -> str:
 
 def _tags_by_commit(root: Path) -> dict[str, list[str]]:
     """Commit id -> tag names pointing at it, newest tag first."""
-    out = _git(
+    out = git(
         root,
         "for-each-ref",
         "--sort=-creatordate",
@@ -247,7 +169,7 @@ def _tags_by_commit(root: Path) -> dict[str, list[str]]:
 
 
 def _rev_parse(root: Path, rev: str) -> str:
-    proc = _git(
+    proc = git(
         root,
         "rev-parse",
         "--verify",
@@ -270,10 +192,10 @@ def _tracked_at(root: Path, commit: str) -> dict[str, _Tracked]:
     """DVC-tracked path -> its ``.dvc`` file and pinned md5, from the ``.dvc`` files at commit."""
     import yaml
 
-    names = _git(root, "ls-tree", "-r", "-z", "--name-only", commit).stdout.split("\0")
+    names = git(root, "ls-tree", "-r", "-z", "--name-only", commit).stdout.split("\0")
     tracked: dict[str, _Tracked] = {}
     for name in sorted(n for n in names if n.endswith(".dvc") and not n.startswith(".dvc/")):
-        text = _git(root, "show", f"{commit}:{name}").stdout
+        text = git(root, "show", f"{commit}:{name}").stdout
         try:
             doc = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -288,7 +210,7 @@ def _tracked_at(root: Path, commit: str) -> dict[str, _Tracked]:
 
 
 def _describe(root: Path, rev: str, commit: str, tags: Mapping[str, list[str]]) -> DataVersion:
-    date, _, message = _git(root, "show", "-s", "--format=%cI%x00%B", commit).stdout.partition("\0")
+    date, _, message = git(root, "show", "-s", "--format=%cI%x00%B", commit).stdout.partition("\0")
     return DataVersion(
         rev=rev,
         commit=commit,
@@ -354,101 +276,47 @@ def _files_under(fs: DVCFileSystem, path: str) -> list[str] | None:
     return sorted(str(f).lstrip("/") for f in fs.find(path, detail=False))
 
 
-def _kermany_counts(rel_files: Iterable[str]) -> dict[str, int]:
-    """Label counts of a Kermany root from its file list (relative to the root), no I/O.
-
-    Mirrors :func:`~cxrflow.data.sources.find_kermany_root` (the split folders are in the root
-    or in its ``chest_xray/`` or ``dataset/``) and :func:`~cxrflow.data.sources.discover_kermany`
-    (label from the class folder and file name; files of other split-level folders are
-    ``unknown``). Folders next to the split folders are not counted.
-    """
-    from cxrflow.data.sources import (
-        KERMANY_CONTAINERS,
-        KERMANY_SPLITS,
-        UNKNOWN_LABEL,
-        kermany_label,
-    )
-
-    parts = [PurePosixPath(f).parts for f in rel_files]
-    base: tuple[str, ...] | None = None
-    for cand in ((), *((c,) for c in KERMANY_CONTAINERS)):
-        n = len(cand)
-        if any(len(p) > n + 1 and p[:n] == cand and p[n] in KERMANY_SPLITS for p in parts):
-            base = cand
-            break
-    counts: Counter[str] = Counter({"normal": 0, "bacterial": 0, "viral": 0})
-    if base is None:
-        return dict(counts)
-    for p in parts:
-        sub = p[len(base) :]
-        if p[: len(base)] != base or len(sub) < 2 or sub[0].lower() not in KERMANY_SPLITS:
-            continue
-        label = kermany_label(sub[1], sub[-1]) if len(sub) >= 3 else None
-        counts[label or UNKNOWN_LABEL] += 1
-    return dict(counts)
-
-
-def _cohen_covid_count(
-    fs: DVCFileSystem, cohen_path: str, files: set[str], flt: CohenFilter
-) -> int:
-    """Rows of ``<cohen_path>/metadata.csv`` that pass ``flt`` and name a listed file."""
-    from cxrflow.data.sources import cohen_filter_reason, read_cohen_metadata
-
-    csv_path = f"{cohen_path}/metadata.csv"
-    if csv_path not in files and not fs.exists(csv_path):
-        raise DataRegistryError(f"{csv_path}: Cohen metadata.csv not found")
-    with tempfile.TemporaryDirectory(prefix="cxrflow-cohen-") as tmp:
-        local = Path(tmp) / "metadata.csv"
-        local.write_bytes(fs.cat_file(csv_path))
-        df = read_cohen_metadata(local)
-    n = 0
-    for row in df.to_dict("records"):
-        if cohen_filter_reason(row, flt) is not None:
-            continue
-        target = posixpath.normpath(posixpath.join(cohen_path, row["folder"], row["filename"]))
-        n += target in files  # a path escaping the root is never among the root's files
-    return n
-
-
 def _class_counts(
-    fs: DVCFileSystem,
-    kermany_path: str | None,
-    cohen_paths: Sequence[str],
-    flt: CohenFilter,
+    fs: DVCFileSystem, sources: Mapping[str, Sequence[str]], params: IngestParams
 ) -> dict[str, dict[str, int]]:
+    """``{source: {label: n}}`` summed over each source's roots, by the source's own rules.
+
+    A source none of whose roots exists at this version gets ``{}``.
+    """
+    from cxrflow.data.sources import get_source
+
     counts: dict[str, dict[str, int]] = {}
-    if kermany_path is not None:
-        files = _files_under(fs, kermany_path)
-        if files is None:
-            log.info("versions: %s absent at this version", kermany_path)
-            counts["kermany"] = {}
-        else:
-            counts["kermany"] = _kermany_counts(posixpath.relpath(f, kermany_path) for f in files)
-    if cohen_paths:
-        covid, present = 0, False
-        for path in cohen_paths:
+    for name, paths in sources.items():
+        source = get_source(name)
+        total: dict[str, int] | None = None
+        for path in paths:
             listed = _files_under(fs, path)
             if listed is None:
                 log.info("versions: %s absent at this version", path)
                 continue
-            present = True
-            covid += _cohen_covid_count(fs, path, set(listed), flt)
-        counts["cohen"] = {"covid": covid} if present else {}
+
+            def read_file(rel: str, base: str = path) -> bytes:
+                return bytes(fs.cat_file(posixpath.join(base, rel)))
+
+            rels = [posixpath.relpath(f, path) for f in listed]
+            got = source.count_labels(rels, read_file, params)
+            total = total or {}
+            for label, n in got.items():
+                total[label] = total.get(label, 0) + n
+        counts[name] = total if total is not None else {}
     return counts
 
 
 def _with_counts(
     root: Path,
     version: DataVersion,
-    kermany_path: str | None,
-    cohen_paths: Sequence[str],
-    flt: CohenFilter,
+    sources: Mapping[str, Sequence[str]],
+    params: IngestParams,
 ) -> DataVersion:
-    kermany = _norm_path(root, kermany_path) if kermany_path is not None else None
-    cohen = [_norm_path(root, p) for p in cohen_paths]
+    paths = {name: [_norm_path(root, p) for p in roots] for name, roots in sources.items()}
     with _open_fs(root, version.commit) as (fs, remote):
         try:
-            counts = _class_counts(fs, kermany, cohen, flt)
+            counts = _class_counts(fs, paths, params)
         except DataRegistryError:
             raise
         except Exception as exc:
@@ -457,6 +325,14 @@ def _with_counts(
                 f"from {remote.describe()}: {_root_cause(exc)}"
             ) from exc
     return dataclasses.replace(version, class_counts=counts)
+
+
+def _check_sources(sources: Mapping[str, Sequence[str]]) -> None:
+    """Fail before any git or DVC work when a source name is not registered."""
+    from cxrflow.data.sources import get_source
+
+    for name in sources:
+        get_source(name)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -482,20 +358,20 @@ def init_registry(
     root = Path(repo_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     if not (root / ".git").exists():
-        _git(root, "init", "-q")
+        git(root, "init", "-q")
     if not (root / ".dvc").is_dir():
-        _dvc(root, "init")
-    _dvc(root, "remote", "add", "--force", "--default", remote_name, remote_url)
-    _dvc(root, "config", "core.analytics", "false")
-    _dvc(root, "config", "core.check_update", "false")
+        dvc(root, "init")
+    dvc(root, "remote", "add", "--force", "--default", remote_name, remote_url)
+    dvc(root, "config", "core.analytics", "false")
+    dvc(root, "config", "core.check_update", "false")
     files = [f for f in (".dvc/config", ".dvc/.gitignore", ".dvcignore") if (root / f).exists()]
-    _git(root, "add", "--", *files)
-    unborn = _git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0
-    changed = _git(root, "diff", "--cached", "--quiet", "HEAD", "--", *files, check=False)
+    git(root, "add", "--", *files)
+    unborn = git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0
+    changed = git(root, "diff", "--cached", "--quiet", "HEAD", "--", *files, check=False)
     if unborn or changed.returncode != 0:
-        _git(
+        git(
             root,
-            *_git_identity_args(root),
+            *git_identity_args(root),
             "commit",
             "-q",
             "-m",
@@ -544,12 +420,12 @@ def snapshot(
         if not (root / rel).exists():
             raise DataRegistryError(f"snapshot: {rel} does not exist in {root}")
     if tag is not None:
-        if _git(root, "check-ref-format", f"refs/tags/{tag}", check=False).returncode != 0:
+        if git(root, "check-ref-format", f"refs/tags/{tag}", check=False).returncode != 0:
             raise DataRegistryError(f"snapshot: {tag!r} is not a valid tag name")
-        if _git(root, "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}", check=False).stdout:
+        if git(root, "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}", check=False).stdout:
             raise DataRegistryError(f"snapshot: tag {tag!r} already exists in {root}")
 
-    _dvc(root, "add", *rels)
+    dvc(root, "add", *rels)
     dvc_files = [f"{rel}.dvc" for rel in rels]
     ignores = sorted(
         {
@@ -559,27 +435,27 @@ def snapshot(
         }
     )
     files = [*dvc_files, *ignores]
-    _git(root, "add", "--", *files)
+    git(root, "add", "--", *files)
     if push:
         try:
-            _dvc(root, "push", *dvc_files)
+            dvc(root, "push", *dvc_files)
         except DataRegistryError as exc:
             raise DataRegistryError(
                 f"snapshot: the push failed, so nothing was committed or tagged; the .dvc files "
                 f"are updated and staged, and snapshot can simply be run again.\n{exc}"
             ) from exc
-    unborn = _git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0
+    unborn = git(root, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0
     changed = unborn or (
-        _git(root, "diff", "--cached", "--quiet", "HEAD", "--", *files, check=False).returncode != 0
+        git(root, "diff", "--cached", "--quiet", "HEAD", "--", *files, check=False).returncode != 0
     )
-    identity = _git_identity_args(root)
+    identity = git_identity_args(root)
     if changed:
-        _git(root, *identity, "commit", "-q", "-m", message, "--", *files)
+        git(root, *identity, "commit", "-q", "-m", message, "--", *files)
     else:
         log.info("versions: %s unchanged since HEAD; no new commit", ", ".join(rels))
     commit = _rev_parse(root, HEAD)
     if tag is not None:
-        _git(root, *identity, "tag", "-a", "-m", message, "--", tag, commit)
+        git(root, *identity, "tag", "-a", "-m", message, "--", tag, commit)
     log.info("versions: snapshot %s -> %s %s", rels, commit[:12], tag or "")
     return _describe(root, tag or commit, commit, _tags_by_commit(root))
 
@@ -589,9 +465,8 @@ def resolve(
     rev: str | None = None,
     *,
     counts: bool = False,
-    kermany_path: str | None = None,
-    cohen_paths: Sequence[str] = (),
-    cohen_filter: CohenFilter | None = None,
+    sources: Mapping[str, Sequence[str]] | None = None,
+    ingest_params: IngestParams | None = None,
 ) -> DataVersion:
     """Describe one version.
 
@@ -600,30 +475,31 @@ def resolve(
         rev: Tag, branch or commit; ``None`` means ``HEAD`` (the committed state, not the
             working copy).
         counts: Also compute class counts (see :func:`list_versions`); this reads listings
-            and ``metadata.csv`` from the DVC cache or the remote.
-        kermany_path: Kermany root in the registry, for the counts.
-        cohen_paths: Cohen roots in the registry, for the counts.
-        cohen_filter: Which Cohen rows count as COVID-19; default :class:`CohenFilter`.
+            and metadata files from the DVC cache or the remote.
+        sources: For the counts: ``{source name: [root in the registry, ...]}`` (``data.sources``).
+        ingest_params: For the counts: the sources' filters; default :class:`IngestParams`.
 
     Raises:
         UnknownRevisionError: ``rev`` names no commit (the message names it and the tags).
         DataRegistryError: Not a registry, or the listing could not be read from the remote.
+        ValueError: A source name that is not registered (naming ``data.sources.<name>``).
     """
+    from cxrflow.config import IngestParams
+
+    if counts:
+        _check_sources(sources or {})
     root = _repo_root(repo)
     name = rev if rev is not None else HEAD
     version = _describe(root, name, _rev_parse(root, name), _tags_by_commit(root))
     if counts:
-        version = _with_counts(
-            root, version, kermany_path, cohen_paths, cohen_filter or CohenFilter()
-        )
+        version = _with_counts(root, version, sources or {}, ingest_params or IngestParams())
     return version
 
 
 def list_versions(
     repo: str | os.PathLike[str],
-    kermany_path: str | None,
-    cohen_paths: Sequence[str],
-    cohen_filter: CohenFilter,
+    sources: Mapping[str, Sequence[str]],
+    ingest_params: IngestParams,
 ) -> list[DataVersion]:
     """Every tagged version and HEAD, newest first, with class counts.
 
@@ -631,35 +507,37 @@ def list_versions(
     ``HEAD`` unless it is tagged. Order is git's topological order (children before parents),
     which commit dates of the same second cannot disturb.
 
-    Class counts come from listings, not images: ``kermany`` counts files per label as
-    :func:`~cxrflow.data.sources.discover_kermany` would (``normal``, ``bacterial``, ``viral``,
-    plus ``unknown`` for undecidable names); ``cohen`` counts the rows of each root's
-    ``metadata.csv`` at that version that pass ``cohen_filter`` and name a file present in the
-    listing (``covid``), summed over the roots, duplicates across roots included. A source
-    absent at a version gets ``{}``. Only ``.dir`` listings and ``metadata.csv`` are read (from
-    the DVC cache, else the remote).
+    Class counts come from listings, not images: each source counts the files of its roots at
+    that version with :meth:`~cxrflow.data.sources.Source.count_labels`, i.e. by the rules its
+    discovery applies (``kermany``: files per label plus ``unknown`` for undecidable names;
+    ``cohen``: ``metadata.csv`` rows that pass ``ingest_params.cohen`` and name a listed file),
+    summed over the source's roots, duplicates across roots included. A source none of whose
+    roots exists at a version gets ``{}``. Only ``.dir`` listings and metadata files are read
+    (from the DVC cache, else the remote).
 
     Args:
         repo: The registry (a local git repository).
-        kermany_path: Kermany root in the registry (e.g. ``raw/kermany``), or ``None``.
-        cohen_paths: Cohen roots in the registry (e.g. ``["raw/cohen"]``).
-        cohen_filter: Which Cohen rows count as COVID-19 frontal X-rays.
+        sources: ``{source name: [root in the registry, ...]}``, e.g.
+            ``{"kermany": ["raw/kermany"], "cohen": ["raw/cohen"]}`` (``data.sources``).
+        ingest_params: The sources' filters (``ingest.cohen``).
 
     Raises:
         DataRegistryError: Not a registry, or a listing could not be read from the remote.
+        ValueError: A source name that is not registered (naming ``data.sources.<name>``).
     """
+    _check_sources(sources)
     root = _repo_root(repo)
     tags = _tags_by_commit(root)
-    head = _git(root, "rev-parse", "--verify", "--quiet", HEAD, check=False).stdout.strip()
+    head = git(root, "rev-parse", "--verify", "--quiet", HEAD, check=False).stdout.strip()
     wanted = set(tags) | ({head} if head else set())
     if not wanted:
         return []
-    order = _git(root, "rev-list", "--topo-order", *sorted(wanted)).stdout.split()
+    order = git(root, "rev-list", "--topo-order", *sorted(wanted)).stdout.split()
     versions = []
     for commit in (c for c in order if c in wanted):
         rev = tags[commit][0] if commit in tags else HEAD
         version = _describe(root, rev, commit, tags)
-        versions.append(_with_counts(root, version, kermany_path, cohen_paths, cohen_filter))
+        versions.append(_with_counts(root, version, sources, ingest_params))
     return versions
 
 
@@ -790,7 +668,7 @@ def rollback(
     at_rev = _tracked_at(root, commit)
     if paths is None:
         wanted = sorted(at_rev)
-        head = _git(root, "rev-parse", "--verify", "--quiet", HEAD, check=False).stdout.strip()
+        head = git(root, "rev-parse", "--verify", "--quiet", HEAD, check=False).stdout.strip()
         newer = sorted(set(_tracked_at(root, head)) - set(at_rev)) if head else []
         if newer:
             log.warning("rollback: %s not tracked at %s; left as they are", newer, rev)
@@ -808,11 +686,11 @@ def rollback(
 
     before = {f: (root / f).read_bytes() if (root / f).is_file() else None for f in dvc_files}
     for f in dvc_files:
-        (root / f).write_bytes(_git(root, "show", f"{commit}:{f}").stdout.encode("utf-8"))
+        (root / f).write_bytes(git(root, "show", f"{commit}:{f}").stdout.encode("utf-8"))
     checkout = ["checkout", *(["--force"] if force else []), *dvc_files]
     touched = True  # whether a failed checkout may have changed the working copy
     try:
-        first = _dvc(root, *checkout, check=False)
+        first = dvc(root, *checkout, check=False)
         if first.returncode != 0:
             if _UNSAVED_MARKER in first.stderr + first.stdout:
                 # DVC refuses before changing anything: fetching cannot help.
@@ -820,12 +698,12 @@ def rollback(
                 raise DataRegistryError(
                     "dvc checkout refuses to delete working-copy files that are not in the DVC "
                     "cache (data changed since the last snapshot?): snapshot them first, or "
-                    f"pass force=True to discard them.\n{_tail(first.stderr or first.stdout)}"
+                    f"pass force=True to discard them.\n{tail(first.stderr or first.stdout)}"
                 )
             # Otherwise objects are missing from the cache: fetch them and check out again.
             log.info("rollback: objects missing from the cache, fetching %s", dvc_files)
-            _dvc(root, "fetch", *dvc_files)
-            _dvc(root, *checkout)
+            dvc(root, "fetch", *dvc_files)
+            dvc(root, *checkout)
     except DataRegistryError as exc:
         for f, content in before.items():
             if content is None:
@@ -835,16 +713,16 @@ def rollback(
         state = "the working copy was not changed"
         restored = [f for f, c in before.items() if c is not None]
         if touched and restored:
-            back = _dvc(root, "checkout", *restored, check=False)
+            back = dvc(root, "checkout", *restored, check=False)
             state = (
                 "the previous data was checked out again"
                 if back.returncode == 0
                 else "checking the previous data out again failed too (run `dvc pull` there "
-                f"when the remote is reachable): {_first_line(back.stderr)}"
+                f"when the remote is reachable): {first_line(back.stderr)}"
             )
         raise DataRegistryError(
             f"rollback of {root} to {rev} failed; its .dvc files were restored and {state}.\n{exc}"
         ) from exc
-    _git(root, "add", "--", *dvc_files)
+    git(root, "add", "--", *dvc_files)
     log.info("versions: rolled %s back to %s (%s)", wanted, rev, commit[:12])
     return _describe(root, rev, commit, _tags_by_commit(root))
