@@ -8,6 +8,7 @@ applies the rest of its preprocessing itself and ``cxrflow predict`` cannot drif
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,26 +19,37 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def preprocess_image(path: str | Path, image_size: int) -> np.ndarray:
+def preprocess_image(
+    path: str | Path, image_size: int, max_pixels: int | None = None
+) -> np.ndarray:
     """Load one image as a ``(image_size, image_size, 1)`` uint8 array.
 
     Args:
         path: Image file (any format Pillow reads).
         image_size: Output side in pixels.
+        max_pixels: Refuse images of more than this many pixels before decoding them (the
+            ingest limit, ``ingest.max_pixels``), for files that did not come through ingest;
+            ``None`` leaves Pillow's own decompression-bomb limit in place.
 
     Raises:
-        OSError / ValueError: the file cannot be decoded (the message names the file).
+        ValueError: The file cannot be decoded or is over ``max_pixels`` (the message names
+            the file).
     """
     from PIL import Image, ImageOps
 
-    from cxrflow.data.images import to_storable
+    from cxrflow.data.images import pixel_limit, to_storable
 
+    limit = pixel_limit(max_pixels) if max_pixels is not None else contextlib.nullcontext()
     try:
-        with Image.open(path) as raw:
+        # Image.open reads only the header and, under pixel_limit, refuses an image over
+        # max_pixels there, before any pixel is decoded
+        with limit, Image.open(path) as raw:
             # the same mode rule as ingest (alpha on black, 16-bit min-max, CMYK -> L)
             stored, _ = to_storable(ImageOps.exif_transpose(raw))
             im = stored.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)[..., None]
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{path}: image too large for max_pixels {max_pixels}: {exc}") from exc
     except Exception as exc:
         raise ValueError(f"{path}: cannot decode image: {exc}") from exc
 

@@ -1,8 +1,9 @@
 """Classifying images with a registered model (``cxrflow predict``).
 
 Applies exactly the training preprocessing (:func:`cxrflow.datasets.preprocess_image`); the
-rest (channel replication, scaling) lives inside the model. An unreadable file gets its own
-error and the other files are still predicted.
+rest (channel replication, scaling) lives inside the model. A directory argument stands for
+every image file below it. An unreadable, missing or oversized file gets its own error and the
+other files are still predicted.
 """
 
 from __future__ import annotations
@@ -28,35 +29,110 @@ class Prediction:
     error: str | None = None
 
 
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+"""Extensions (lower case) of the files taken from a directory argument."""
+
+
 def predict_arrays(model: Any, x: np.ndarray) -> np.ndarray:
     """Class probabilities for a batch of preprocessed images."""
     return np.asarray(model.predict(x.astype(np.float32), verbose=0))
 
 
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Replace each directory by the image files under it.
+
+    A directory becomes every file below it (recursively) whose extension is in
+    :data:`IMAGE_EXTENSIONS` (any case), sorted; any other path is kept as given, so that a
+    missing or unreadable file still gets its own error.
+
+    Args:
+        paths: Files and directories, in the order given on the command line.
+
+    Returns:
+        The files to predict, in order.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(
+                sorted(
+                    f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+                )
+            )
+        else:
+            out.append(p)
+    return out
+
+
 def predict_paths(
-    model: Any, paths: Sequence[str | Path], classes: Sequence[str], image_size: int
+    model: Any,
+    paths: Sequence[str | Path],
+    classes: Sequence[str],
+    image_size: int,
+    max_pixels: int | None = None,
 ) -> list[Prediction]:
-    """Predict each file; decoding errors become per-file errors."""
+    """Predict each image file and every image in each directory.
+
+    Nothing here raises for a bad input: a missing path, an empty directory, an undecodable
+    file or one over ``max_pixels`` gets a :class:`Prediction` with ``error`` set (naming the
+    path) and the other files are still predicted.
+
+    Args:
+        model: A Keras model taking ``(n, image_size, image_size, 1)`` float32 in [0, 255].
+        paths: Image files and/or directories (see :func:`expand_paths`).
+        classes: Class names, in the model's output order.
+        image_size: The side the model was trained at.
+        max_pixels: Refuse images of more pixels than this before decoding them (the CLI
+            passes ``ingest.max_pixels``); ``None`` = the ingest default.
+
+    Returns:
+        One prediction per file, in the order of :func:`expand_paths`; an empty directory
+        gives one error prediction.
+    """
+    if max_pixels is None:
+        max_pixels = _default_max_pixels()
+    files: list[Path] = []
+    for p in map(Path, paths):
+        expanded = expand_paths([p])
+        # an empty directory would otherwise vanish from the output without a word
+        files.extend(expanded if expanded else [p])
     results: dict[int, Prediction] = {}
     good: list[int] = []
     arrays: list[np.ndarray] = []
-    for i, p in enumerate(paths):
+    for i, f in enumerate(files):
         try:
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"{p}: no such file")
-            arrays.append(preprocess_image(p, image_size))
+            if f.is_dir():
+                raise FileNotFoundError(
+                    f"{f}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in directory"
+                )
+            if not f.exists():
+                raise FileNotFoundError(f"{f}: no such file or directory")
+            arrays.append(preprocess_image(f, image_size, max_pixels))
             good.append(i)
         except Exception as exc:
-            results[i] = Prediction(str(p), None, None, str(exc))
+            msg = str(exc)
+            results[i] = Prediction(str(f), None, None, msg if str(f) in msg else f"{f}: {msg}")
     if arrays:
         probs = predict_arrays(model, np.stack(arrays))
         for i, row in zip(good, probs, strict=True):
             results[i] = Prediction(
-                str(paths[i]),
+                str(files[i]),
                 classes[int(row.argmax())],
                 {c: float(v) for c, v in zip(classes, row, strict=True)},
             )
-    return [results[i] for i in range(len(paths))]
+    return [results[i] for i in range(len(files))]
+
+
+def format_errors(preds: Sequence[Prediction]) -> list[str]:
+    """One line per failed prediction (each names its file), for stderr."""
+    return [f"error: {p.error}" for p in preds if p.error]
+
+
+def _default_max_pixels() -> int:
+    # the ingest default, read from the config rather than copied
+    from cxrflow.config import IngestParams
+
+    return int(IngestParams().max_pixels)
 
 
 def format_table(preds: Sequence[Prediction], classes: Sequence[str]) -> str:

@@ -3,9 +3,12 @@
 - Adam (lr, beta_1, beta_2), categorical cross-entropy, early stopping on the validation loss
   (``patience``, best weights restored) and learning rate x``reduce_lr_factor`` after
   ``reduce_lr_patience`` epochs without improvement.
-- Transfer models train in two phases: ``head`` (only the new classifier trainable, at
-  ``learning_rate``) then ``finetune`` (Model_2: whole network; Model_3: the last
-  ``unfreeze_last`` layers of the ResNet-50 backbone) at ``fine_tune_learning_rate``.
+- ``init`` is ``scratch`` (one ``full`` phase), ``imagenet`` or the key of another trained
+  model (a transfer, e.g. Model_2 from ``model_0``). Pretrained models train in two phases:
+  ``head`` (only the new classifier trainable, at ``learning_rate``) then ``finetune`` at
+  ``fine_tune_learning_rate``, unfrozen as the architecture says (Model_2: whole network;
+  Model_3: the last ``unfreeze_last`` layers of the ResNet-50 backbone).
+- What depends on the architecture lives in :mod:`cxrflow.models`, not here.
 Tracking is attached through ``callbacks``; this module never imports mlflow.
 """
 
@@ -20,8 +23,21 @@ import numpy as np
 
 from cxrflow.config import ModelSpec, TrainParams
 from cxrflow.datasets import class_weights, make_tf_dataset
-from cxrflow.models import CLASSIFIER_LAYER, build_model
-from cxrflow.models.resnet50 import BACKBONE
+from cxrflow.models import (
+    freeze_all_but_classifier,
+    get_architecture,
+    replace_classifier,
+)
+
+__all__ = [
+    "CallbackFactory",
+    "TrainResult",
+    "freeze_all_but_classifier",
+    "replace_classifier",
+    "set_seed",
+    "train_model",
+    "unfreeze",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,48 +110,13 @@ def _fit(
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
-def replace_classifier(model: Any, n_classes: int) -> Any:
-    """Copy of ``model`` whose final ``classifier`` layer is new (random, ``n_classes``)."""
-    import keras
-    from keras import layers
-
-    features = model.get_layer(CLASSIFIER_LAYER).input
-    outputs = layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER)(features)
-    return keras.Model(model.inputs, outputs, name=model.name)
-
-
-def freeze_all_but_classifier(model: Any) -> None:
-    """Only the ``classifier`` layer trains (transfer phase 1)."""
-    for layer in model.layers:
-        layer.trainable = layer.name == CLASSIFIER_LAYER
-
-
 def unfreeze(model: Any, spec: ModelSpec) -> int:
-    """Unfreeze for fine-tuning; returns how many backbone layers were unfrozen.
+    """Unfreeze ``model`` for fine-tuning as its architecture says; returns the layers unfrozen.
 
-    ``small_cnn``: the whole network (or its last ``unfreeze_last`` layers). ``resnet50``: the
-    last ``unfreeze_last`` layers of the backbone (BatchNorm layers stay frozen, as in the
-    keras-io transfer-learning guide).
+    See :meth:`cxrflow.models.base.Architecture.unfreeze` (e.g. ``resnet50`` keeps BatchNorm
+    frozen; ``small_cnn`` unfreezes the whole net or its last ``unfreeze_last`` layers).
     """
-    from keras import layers
-
-    if spec.architecture == "resnet50":
-        base = model.get_layer(BACKBONE)
-        base.trainable = True
-        n = len(base.layers) if spec.unfreeze_last is None else spec.unfreeze_last
-        cut = len(base.layers) - n
-        for i, layer in enumerate(base.layers):
-            trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)
-            layer.trainable = trainable
-        for layer in model.layers:
-            if layer.name != BACKBONE:
-                layer.trainable = True
-        return n
-    n = len(model.layers) if spec.unfreeze_last is None else spec.unfreeze_last
-    cut = len(model.layers) - n
-    for i, layer in enumerate(model.layers):
-        layer.trainable = i >= cut or layer.name == CLASSIFIER_LAYER
-    return n
+    return get_architecture(spec.architecture).unfreeze(model, spec.unfreeze_last)
 
 
 def train_model(
@@ -154,43 +135,49 @@ def train_model(
         params: Training hyper-parameters.
         classes: Class names, in output order.
         data: ``(x_train, y_train, x_val, y_val)``; x uint8 ``(n, s, s, 1)``, y int indices.
-        base_model: Model_0 (a Keras model) when ``spec.init == "model_0"``.
+        base_model: The trained model named by ``spec.init`` (a Keras model of the same
+            architecture) when ``spec.init`` is neither ``scratch`` nor ``imagenet``.
         callbacks: Factory of extra callbacks per phase.
         verbose: Keras verbosity (2 = one line per epoch, 1 = progress bar).
 
     Returns:
         The trained model, merged history (phases concatenated) and phase summaries.
+
+    Raises:
+        ValueError: Empty split, unknown architecture, an init it does not support, a transfer
+            without ``base_model`` or from a model of another architecture.
     """
-    set_seed(params.seed)
     x_tr, y_tr, x_va, y_va = data
     k = len(classes)
     if len(x_tr) == 0 or len(x_va) == 0:
         raise ValueError(f"empty split: {len(x_tr)} train / {len(x_va)} validation images")
+    arch = get_architecture(spec.architecture)
+    kind = arch.check_init(spec.init)
+    if kind == "transfer" and base_model is None:
+        raise ValueError(
+            f"init={spec.init!r} transfers from the trained {spec.init!r} model: "
+            "pass it as base_model"
+        )
+    set_seed(params.seed)
     train_ds = make_tf_dataset(x_tr, y_tr, k, params.batch_size, True, params.seed)
     val_ds = make_tf_dataset(x_va, y_va, k, params.batch_size, False, params.seed)
     weights = class_weights(y_tr, k) if params.class_weights else None
 
-    phases: list[tuple[str, float]]
     pretrained = "n/a"
-    if spec.init == "scratch":
-        model = build_model(spec.architecture, params.image_size, k)
-        phases = [("full", params.learning_rate)]
-    elif spec.init == "model_0":
-        if base_model is None:
-            raise ValueError("init=model_0 needs the trained Model_0 (base_model)")
-        model = replace_classifier(base_model, k)
-        phases = [("head", params.learning_rate), ("finetune", params.fine_tune_learning_rate)]
-        pretrained = "model_0"
-    else:  # imagenet
-        model = build_model(spec.architecture, params.image_size, k, spec.weights_path)
-        pretrained = spec.weights_path or "none"
-        if not spec.weights_path:
-            log.warning(
-                "!!! %s: NO PRETRAINED WEIGHTS configured (models.*.weights_path is null): "
-                "ResNet-50 starts from RANDOM weights; this is not the paper's Model_3 !!!",
-                spec.architecture,
-            )
-        phases = [("head", params.learning_rate), ("finetune", params.fine_tune_learning_rate)]
+    if kind == "transfer":
+        model = arch.transfer(base_model, k)
+        pretrained = spec.init
+    else:
+        model = arch.build(params.image_size, k, spec.init, spec.weights_path)
+        if kind == "imagenet":
+            pretrained = spec.weights_path or "none"
+    # Pretrained features (transfer, imagenet) first get a head fitted on frozen features, so
+    # that the random classifier's large gradients do not wreck them, then a fine-tune.
+    phases: list[tuple[str, float]] = (
+        [("full", params.learning_rate)]
+        if kind == "scratch"
+        else [("head", params.learning_rate), ("finetune", params.fine_tune_learning_rate)]
+    )
 
     history: dict[str, list[float]] = {}
     summaries: list[dict[str, Any]] = []

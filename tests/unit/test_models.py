@@ -1,13 +1,23 @@
-"""Model behaviour: shapes per architecture, transfer surgery, freezing, weights file, training."""
+"""Model behaviour: shapes per architecture, transfer surgery, freezing, weights file, training.
+
+Specs are a local stand-in with ``ModelSpec``'s fields (attribute access is all training
+needs), so that a new model key or init value needs nothing from the config loader here.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from cxrflow.config import ModelSpec, TrainParams
+from cxrflow.config import TrainParams
+from cxrflow.models import ARCHITECTURES, get_architecture, init_kind
+from cxrflow.models.base import PIPELINE_PREPROCESSING
 
 keras = pytest.importorskip("keras")
 
@@ -19,6 +29,75 @@ from cxrflow.train import (  # noqa: E402
     train_model,
     unfreeze,
 )
+
+CLASSES = ("normal", "bacterial", "covid")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Stand-in for ``cxrflow.config.ModelSpec`` (same fields)."""
+
+    dataset: str
+    architecture: str
+    init: str = "scratch"
+    unfreeze_last: int | None = None
+    weights_path: str | None = None
+
+
+# ------------------------------------------------------------------------------- registry
+
+
+def test_registry_names_and_unknown_architecture() -> None:
+    assert set(ARCHITECTURES) == {"small_cnn", "resnet50"}
+    for name, arch in ARCHITECTURES.items():
+        assert arch.name == name
+        assert get_architecture(name) is arch
+    with pytest.raises(ValueError, match=r"vgg.*resnet50.*small_cnn"):
+        get_architecture("vgg")
+
+
+def test_importing_the_registry_does_not_import_tensorflow() -> None:
+    """The config loader imports the registry to validate params: it must stay cheap."""
+    code = (
+        "import sys, cxrflow.models; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("init", "kind"),
+    [("scratch", "scratch"), ("imagenet", "imagenet"), ("model_0", "transfer"), ("m7", "transfer")],
+)
+def test_init_kind(init: str, kind: str) -> None:
+    assert init_kind(init) == kind
+
+
+@pytest.mark.parametrize(
+    ("architecture", "supported"),
+    [("small_cnn", {"scratch", "transfer"}), ("resnet50", {"scratch", "imagenet", "transfer"})],
+)
+def test_supported_init_kinds(architecture: str, supported: set[str]) -> None:
+    arch = get_architecture(architecture)
+    assert {k for k in ("scratch", "imagenet", "transfer") if arch.supports_init(k)} == supported
+
+
+def test_small_cnn_refuses_imagenet() -> None:
+    with pytest.raises(ValueError, match=r"small_cnn.*imagenet"):
+        get_architecture("small_cnn").build(32, 3, "imagenet")
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_preprocessing_is_described_outside_and_inside_the_model(architecture: str) -> None:
+    text = get_architecture(architecture).preprocessing
+    assert text.startswith(PIPELINE_PREPROCESSING)
+    assert "cxrflow.datasets.preprocess_image" in text and "in the model:" in text
+
+
+# ---------------------------------------------------------------------------- building
 
 
 @pytest.mark.parametrize(
@@ -54,15 +133,20 @@ def test_replace_classifier_keeps_features() -> None:
     assert [layer.name for layer in m2.layers if layer.trainable and layer.weights] == [
         CLASSIFIER_LAYER
     ]
-    unfreeze(m2, ModelSpec("dataset_1", "small_cnn", "model_0", None))
+    unfreeze(m2, Spec("dataset_1", "small_cnn", "model_0", None))
     assert all(layer.trainable for layer in m2.layers)
+
+
+def test_transfer_refuses_a_base_of_another_architecture() -> None:
+    with pytest.raises(ValueError, match=r"resnet50.*small_cnn"):
+        get_architecture("resnet50").transfer(build_model("small_cnn", 32, 3), 3)
 
 
 def test_resnet_unfreezes_last_11_layers_but_not_batchnorm() -> None:
     model = build_model("resnet50", 32, 3)
     freeze_all_but_classifier(model)
     assert not model.get_layer(BACKBONE).trainable
-    n = unfreeze(model, ModelSpec("dataset_1", "resnet50", "imagenet", 11))
+    n = unfreeze(model, Spec("dataset_1", "resnet50", "imagenet", 11))
     assert n == 11
     base = model.get_layer(BACKBONE)
     last = base.layers[-11:]
@@ -72,16 +156,29 @@ def test_resnet_unfreezes_last_11_layers_but_not_batchnorm() -> None:
     assert any(layer.trainable for layer in last if layer.weights and layer not in bn)
 
 
-def test_resnet_loads_weights_from_configured_file(tmp_path: Path) -> None:
-    """ImageNet weights come from a file (never downloaded); the test makes its own file."""
-    donor = keras.applications.ResNet50(
-        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+def _plain_resnet50(size: int = 32) -> Any:
+    """The stock Keras backbone, built independently of :mod:`cxrflow.models`."""
+    return keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg"
     )
-    path = tmp_path / "resnet50_notop.weights.h5"
+
+
+@pytest.fixture(scope="module")
+def resnet_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """A no-top ResNet-50 weights file made here (weights are never downloaded)."""
+    donor = _plain_resnet50()
+    path = tmp_path_factory.mktemp("weights") / "resnet50_notop.weights.h5"
     donor.save_weights(path)
+    return path, donor.get_weights()
+
+
+def test_resnet_loads_weights_from_configured_file(
+    resnet_weights: tuple[Path, list[np.ndarray]],
+) -> None:
+    """ImageNet weights come from a file (never downloaded); the test makes its own file."""
+    path, want = resnet_weights
     model = build_model("resnet50", 32, 3, str(path))
     got = model.get_layer(BACKBONE).get_weights()
-    want = donor.get_weights()
     assert len(got) == len(want)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -90,6 +187,9 @@ def test_resnet_loads_weights_from_configured_file(tmp_path: Path) -> None:
         np.array_equal(a, b)
         for a, b in zip(fresh.get_layer(BACKBONE).get_weights(), want, strict=True)
     )
+
+
+# ---------------------------------------------------------------------------- training
 
 
 def _tiny_data(n: int = 24, size: int = 32) -> tuple[np.ndarray, ...]:
@@ -101,11 +201,16 @@ def _tiny_data(n: int = 24, size: int = 32) -> tuple[np.ndarray, ...]:
     return x, y.astype(np.int32), x[:9], y[:9].astype(np.int32)
 
 
+def _params(size: int = 32, epochs: int = 1) -> TrainParams:
+    return TrainParams(
+        image_size=size, batch_size=8, epochs=epochs, patience=epochs, reduce_lr_patience=1
+    )
+
+
 def test_train_model_scratch_and_transfer_phases() -> None:
-    params = TrainParams(image_size=32, batch_size=8, epochs=2, patience=2, reduce_lr_patience=1)
+    params = _params(epochs=2)
     data = _tiny_data()
-    classes = ("normal", "bacterial", "covid")
-    r0 = train_model(ModelSpec("dataset_0", "small_cnn"), params, classes, data, verbose=0)
+    r0 = train_model(Spec("dataset_0", "small_cnn"), params, CLASSES, data, verbose=0)
     assert [p["phase"] for p in r0.phases] == ["full"]
     assert len(r0.history["loss"]) == 2
     seen: list[tuple[str, int]] = []
@@ -115,9 +220,9 @@ def test_train_model_scratch_and_transfer_phases() -> None:
         return []
 
     r2 = train_model(
-        ModelSpec("dataset_1", "small_cnn", "model_0"),
+        Spec("dataset_1", "small_cnn", "model_0"),
         params,
-        classes,
+        CLASSES,
         data,
         base_model=r0.model,
         callbacks=cb,
@@ -132,13 +237,107 @@ def test_train_model_scratch_and_transfer_phases() -> None:
 
 
 def test_model_3_without_weights_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    params = TrainParams(image_size=32, batch_size=8, epochs=1, patience=1, reduce_lr_patience=1)
     r = train_model(
-        ModelSpec("dataset_1", "resnet50", "imagenet", 11),
-        params,
-        ("normal", "bacterial", "covid"),
+        Spec("dataset_1", "resnet50", "imagenet", 11),
+        _params(),
+        CLASSES,
         _tiny_data(12),
         verbose=0,
     )
     assert r.pretrained == "none"
     assert "NO PRETRAINED WEIGHTS" in caplog.text
+
+
+def test_a_new_model_key_trains_with_no_code_change() -> None:
+    """``model_4``: the small CNN transferred from ``model_1`` (any key can be a base)."""
+    data = _tiny_data(12)
+    r1 = train_model(Spec("dataset_1", "small_cnn"), _params(), CLASSES, data, verbose=0)
+    spec4 = Spec("dataset_1", "small_cnn", "model_1", unfreeze_last=6)
+    with pytest.raises(ValueError, match="model_1"):
+        train_model(spec4, _params(), CLASSES, data, verbose=0)
+    r4 = train_model(spec4, _params(), CLASSES, data, base_model=r1.model, verbose=0)
+    assert r4.pretrained == "model_1"
+    assert [p["phase"] for p in r4.phases] == ["head", "finetune"]
+    assert np.asarray(r4.model(data[0][:2].astype("float32"))).shape == (2, 3)
+
+
+def _layers_with_trainable_weights(model: Any) -> set[str]:
+    """Names of the layers (nested ones included) whose weights the optimizer updates."""
+    return {v.path.rsplit("/", 1)[0].rsplit("/", 1)[-1] for v in model.trainable_weights}
+
+
+class _RecordTrainable(keras.callbacks.Callback):
+    """Records, as each phase starts fitting, which layers train."""
+
+    def __init__(self, phase: str, seen: dict[str, set[str]]) -> None:
+        super().__init__()
+        self.phase, self.seen = phase, seen
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.seen[self.phase] = _layers_with_trainable_weights(self.model)
+
+
+SMALL_CNN_WEIGHTED = ("conv0", "conv1", "conv2", "conv3", "dense", CLASSIFIER_LAYER)
+
+
+def _expected_finetune(architecture: str, unfreeze_last: int | None, size: int) -> set[str]:
+    """What should train in ``finetune``, derived from the stock layer lists, not our code."""
+    if architecture == "small_cnn":
+        # image, rescale, (conv, pool) x 4, flatten, dropout, dense, classifier
+        order = ["image", "rescale"]
+        for i in range(4):
+            order += [f"conv{i}", f"pool{i}"]
+        order += ["flatten", "dropout", "dense", CLASSIFIER_LAYER]
+        tail = order if unfreeze_last is None else order[len(order) - unfreeze_last :]
+        return {n for n in tail if n in SMALL_CNN_WEIGHTED} | {CLASSIFIER_LAYER}
+    backbone = _plain_resnet50(size).layers
+    tail = backbone if unfreeze_last is None else backbone[len(backbone) - unfreeze_last :]
+    bn = keras.layers.BatchNormalization
+    return {layer.name for layer in tail if layer.weights and not isinstance(layer, bn)} | {
+        CLASSIFIER_LAYER
+    }
+
+
+@pytest.mark.parametrize(
+    ("architecture", "init", "unfreeze_last", "size", "n_finetune"),
+    [
+        ("small_cnn", "model_0", None, 32, 6),  # Model_2: the whole network
+        ("small_cnn", "model_1", 6, 32, 3),  # conv3, dense, classifier
+        ("small_cnn", "model_1", 2, 32, 2),  # dense, classifier
+        pytest.param("resnet50", "imagenet", 11, 32, 4, marks=pytest.mark.slow),  # 3 convs + head
+        pytest.param("resnet50", "imagenet", 0, 32, 1, marks=pytest.mark.slow),  # head only
+        pytest.param("resnet50", "model_3", None, 32, 54, marks=pytest.mark.slow),  # 53 convs
+    ],
+)
+def test_trainable_layers_per_phase(
+    architecture: str,
+    init: str,
+    unfreeze_last: int | None,
+    size: int,
+    n_finetune: int,
+    resnet_weights: tuple[Path, list[np.ndarray]],
+) -> None:
+    """Transfer and ImageNet init: shape, and exactly which layers train in each phase."""
+    arch = get_architecture(architecture)
+    weights = str(resnet_weights[0]) if init == "imagenet" else None
+    spec = Spec("dataset_1", architecture, init, unfreeze_last, weights)
+    base = arch.build(size, 3) if init_kind(init) == "transfer" else None
+    seen: dict[str, set[str]] = {}
+    data = _tiny_data(6, size)
+    result = train_model(
+        spec,
+        _params(size),
+        CLASSES,
+        data,
+        base_model=base,
+        callbacks=lambda phase, _: [_RecordTrainable(phase, seen)],
+        verbose=0,
+    )
+    assert np.asarray(result.model(data[0][:2].astype("float32"))).shape == (2, len(CLASSES))
+    assert result.pretrained == (weights if init == "imagenet" else init)
+    assert seen["head"] == {CLASSIFIER_LAYER}
+    expected = _expected_finetune(architecture, unfreeze_last, size)
+    assert len(expected) == n_finetune
+    assert seen["finetune"] == expected
+    head, fine = result.phases
+    assert head["trainable_params"] <= fine["trainable_params"]

@@ -28,3 +28,13 @@ def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
     bad.write_text("not an image")
     with pytest.raises(ValueError, match=r"text\.png"):
         preprocess_image(bad, 32)
+
+
+def test_max_pixels_refuses_large_images_and_restores_pillow(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "big.png")
+    default = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValueError, match=r"big\.png.*max_pixels 1024"):
+        preprocess_image(tmp_path / "big.png", 16, max_pixels=1024)
+    assert default == Image.MAX_IMAGE_PIXELS
+    assert preprocess_image(tmp_path / "big.png", 16, max_pixels=1600).shape == (16, 16, 1)
+    assert preprocess_image(tmp_path / "big.png", 16).shape == (16, 16, 1)

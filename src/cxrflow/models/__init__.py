@@ -1,33 +1,79 @@
-"""Model architectures and the registry ``architecture -> builder``."""
+"""Model architectures and their registry: ``name -> Architecture``.
+
+Each :class:`~cxrflow.models.base.Architecture` owns its rules (build and initialise, unfreeze,
+allowed init kinds, preprocessing), so that adding a model in ``params.yaml`` with an existing
+architecture needs no code change, and adding an architecture means one module plus one entry
+in :data:`ARCHITECTURES`. Importing this package does not import TensorFlow or Keras.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-from cxrflow.models.resnet50 import build_resnet50
-from cxrflow.models.small_cnn import build_small_cnn
+from cxrflow.models.base import (
+    CLASSIFIER_LAYER,
+    INIT_KINDS,
+    Architecture,
+    freeze_all_but_classifier,
+    init_kind,
+    replace_classifier,
+)
+from cxrflow.models.resnet50 import ResNet50
+from cxrflow.models.small_cnn import SmallCNN
 
-BUILDERS: dict[str, Callable[..., Any]] = {
-    "small_cnn": build_small_cnn,
-    "resnet50": build_resnet50,
-}
-CLASSIFIER_LAYER = "classifier"
+ARCHITECTURES: Mapping[str, Architecture] = MappingProxyType(
+    {arch.name: arch for arch in (SmallCNN(), ResNet50())}
+)
+"""Every architecture, by the name used in ``models.<key>.architecture``."""
+
+__all__ = [
+    "ARCHITECTURES",
+    "CLASSIFIER_LAYER",
+    "INIT_KINDS",
+    "Architecture",
+    "build_model",
+    "freeze_all_but_classifier",
+    "get_architecture",
+    "init_kind",
+    "replace_classifier",
+]
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registered architecture called ``name``.
+
+    Raises:
+        ValueError: ``name`` is not registered; the message lists the known names.
+    """
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}") from None
 
 
 def build_model(
-    architecture: str, image_size: int, n_classes: int, weights_path: str | None = None
+    architecture: str,
+    image_size: int,
+    n_classes: int,
+    weights_path: str | None = None,
+    init: str | None = None,
 ) -> Any:
     """Build an uncompiled Keras model for ``architecture``.
 
     Args:
-        architecture: ``small_cnn`` or ``resnet50``.
+        architecture: A name in :data:`ARCHITECTURES`.
         image_size: Input side; inputs are ``(image_size, image_size, 1)`` in [0, 255].
         n_classes: Softmax outputs.
-        weights_path: ResNet-50 only: ImageNet (no-top) weights file, or ``None``.
+        weights_path: ImageNet weights file (architectures that support ``imagenet`` only).
+        init: ``scratch`` or ``imagenet``; ``None`` = ``imagenet`` when ``weights_path`` is
+            given, else ``scratch``.
+
+    Raises:
+        ValueError: Unknown architecture, or an init kind it does not support.
     """
-    if architecture not in BUILDERS:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(BUILDERS)}")
-    if architecture == "resnet50":
-        return build_resnet50(image_size, n_classes, weights_path)
-    return BUILDERS[architecture](image_size, n_classes)
+    arch = get_architecture(architecture)
+    if init is None:
+        init = "imagenet" if weights_path else "scratch"
+    return arch.build(image_size, n_classes, init, weights_path)

@@ -1,0 +1,151 @@
+"""What every architecture provides, and the model surgery they share.
+
+An :class:`Architecture` owns the rules that used to be string switches in the training code:
+how to build the network (and initialise it: random or ImageNet weights from a file), which
+init kinds it accepts, how to unfreeze it for fine-tuning and how its inputs are preprocessed.
+Nothing here imports TensorFlow or Keras at module level: the config loader imports the
+registry to validate ``params.yaml``, and that must stay cheap.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Final
+
+CLASSIFIER_LAYER: Final = "classifier"
+"""Name of the final softmax layer of every architecture (replaced on transfer)."""
+
+INIT_KINDS: Final = ("scratch", "imagenet", "transfer")
+"""How a model's weights can start. ``transfer`` = from another trained model of this project."""
+
+PIPELINE_PREPROCESSING: Final = "cxrflow.datasets.preprocess_image (8-bit grey, bilinear resize)"
+"""The preprocessing every architecture shares, applied outside the model (train and predict)."""
+
+
+def init_kind(init: str) -> str:
+    """The kind of a model spec's ``init``.
+
+    Args:
+        init: ``scratch``, ``imagenet`` or the key of another trained model (e.g. ``model_0``).
+
+    Returns:
+        ``scratch``, ``imagenet`` or ``transfer`` (any other value names a model to start from).
+    """
+    return init if init in ("scratch", "imagenet") else "transfer"
+
+
+class Architecture(abc.ABC):
+    """One network family and the rules that go with it.
+
+    Subclasses set the class attributes and implement :meth:`build` and :meth:`unfreeze`;
+    transfer from a trained model of the same architecture is shared (:meth:`transfer`).
+
+    Attributes:
+        name: Registry name, as written in ``models.<key>.architecture``.
+        model_name: Name of the Keras model :meth:`build` returns; a transfer checks that the
+            trained base model carries it, so a base of another architecture is refused.
+        init_kinds: The :data:`INIT_KINDS` this architecture accepts.
+        in_model_preprocessing: What the model does to its ``(s, s, 1)`` uint8-valued input
+            before the first learned layer.
+    """
+
+    name: ClassVar[str]
+    model_name: ClassVar[str]
+    init_kinds: ClassVar[frozenset[str]]
+    in_model_preprocessing: ClassVar[str]
+
+    @property
+    def preprocessing(self) -> str:
+        """The full preprocessing, logged as model metadata: outside, then inside the model."""
+        return f"{PIPELINE_PREPROCESSING}; in the model: {self.in_model_preprocessing}"
+
+    def supports_init(self, kind: str) -> bool:
+        """Whether models of this architecture may start as ``kind``.
+
+        Args:
+            kind: ``scratch``, ``imagenet`` or ``transfer`` (see :func:`init_kind`).
+        """
+        return kind in self.init_kinds
+
+    def check_init(self, init: str) -> str:
+        """Return ``init_kind(init)``, raising ``ValueError`` when this architecture refuses it."""
+        kind = init_kind(init)
+        if not self.supports_init(kind):
+            raise ValueError(
+                f"architecture {self.name!r} does not support init={init!r} ({kind}); "
+                f"supported: {sorted(self.init_kinds)}"
+            )
+        return kind
+
+    @abc.abstractmethod
+    def build(
+        self,
+        image_size: int,
+        n_classes: int,
+        init: str = "scratch",
+        weights_path: str | None = None,
+    ) -> Any:
+        """Build an uncompiled Keras model, initialised as ``init`` says.
+
+        Args:
+            image_size: Input side; inputs are ``(image_size, image_size, 1)`` in [0, 255].
+            n_classes: Softmax outputs.
+            init: ``scratch`` (random) or ``imagenet``; a transfer uses :meth:`transfer`.
+            weights_path: ImageNet weights file for ``init="imagenet"`` (never downloaded).
+
+        Raises:
+            ValueError: ``init`` is not supported or is a transfer.
+        """
+
+    @abc.abstractmethod
+    def unfreeze(self, model: Any, unfreeze_last: int | None) -> int:
+        """Make ``model`` trainable for fine-tuning.
+
+        Args:
+            model: A model of this architecture.
+            unfreeze_last: How many trailing layers to unfreeze; ``None`` = all.
+
+        Returns:
+            How many layers were unfrozen.
+        """
+
+    def transfer(self, base_model: Any, n_classes: int) -> Any:
+        """A new model from a trained one of this architecture: same features, new classifier.
+
+        Raises:
+            ValueError: ``base_model`` was not built by this architecture.
+        """
+        if base_model.name != self.model_name:
+            raise ValueError(
+                f"cannot transfer to {self.name!r} from a {base_model.name!r} model "
+                f"(expected a {self.model_name!r} model)"
+            )
+        return replace_classifier(base_model, n_classes)
+
+    def _refuse_transfer_in_build(self, init: str) -> str:
+        kind = self.check_init(init)
+        if kind == "transfer":
+            raise ValueError(
+                f"init={init!r} starts from a trained model: use {type(self).__name__}.transfer"
+            )
+        return kind
+
+
+def replace_classifier(model: Any, n_classes: int) -> Any:
+    """Copy of ``model`` whose final ``classifier`` layer is new (random, ``n_classes``).
+
+    The other layers are shared with ``model`` (same weights), as in transfer learning.
+    """
+    import keras
+    from keras import layers
+
+    features = model.get_layer(CLASSIFIER_LAYER).input
+    outputs = layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER)(features)
+    # model.input (not .inputs): a single-input model stays single-input, as build() made it
+    return keras.Model(model.input, outputs, name=model.name)
+
+
+def freeze_all_but_classifier(model: Any) -> None:
+    """Only the ``classifier`` layer trains (the ``head`` phase of a transfer)."""
+    for layer in model.layers:
+        layer.trainable = layer.name == CLASSIFIER_LAYER
