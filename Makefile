@@ -29,6 +29,9 @@ run: venv ## run the whole pipeline locally (kfp.local) on the demo profile, off
 test: venv lint typecheck ## ruff, mypy, unit + integration + pipeline tests (what CI runs)
 	$(BIN)/python -m pytest -q
 
+unit: venv ## the fast loop: tests not marked slow or s3 (about a minute)
+	$(BIN)/python -m pytest -q -m "not slow and not s3"
+
 lint: venv ## ruff lint + format check
 	$(BIN)/ruff check src components pipelines tests bench
 	$(BIN)/ruff format --check src components pipelines tests bench
@@ -40,9 +43,10 @@ format: venv ## apply ruff formatting and fixes
 typecheck: venv ## mypy on src/
 	$(BIN)/mypy src
 
-compile: venv ## compile the KFP pipeline YAML (paper defaults) to build/
-	$(BIN)/cxrflow pipeline compile --output build/cxrflow-pipeline.yaml
+compile: venv ## compile the KFP pipeline YAML (paper and demo profiles) and the params schema
+	$(BIN)/cxrflow --profile paper pipeline compile --output build/cxrflow-pipeline.yaml
 	$(BIN)/cxrflow --profile demo pipeline compile --output build/cxrflow-pipeline-demo.yaml
+	$(BIN)/cxrflow params schema --output build/params.schema.json
 
 bench: venv ## run benchmarks (JSON results in bench/results/)
 	$(BIN)/python bench/run.py

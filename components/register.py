@@ -5,11 +5,7 @@ from components.images import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def register(
-    register_params: dict,
-    tracking_params: dict,
-    profile: str,
-    evaluation: dsl.Input[dsl.Artifact],
-    registered: dsl.Output[dsl.Artifact],
+    params: dict, evaluation: dsl.Input[dsl.Artifact], registered: dsl.Output[dsl.Artifact]
 ) -> str:
     """register: register the best candidate in the MLflow registry under the alias champion.
 
@@ -17,7 +13,6 @@ def register(
     """
     from cxrflow.steps import run_register, step_params
 
-    params = step_params(profile, register=register_params, tracking=tracking_params)
-    info = run_register(params, evaluation.path, registered.path)
+    info = run_register(step_params(params), evaluation.path, registered.path)
     registered.metadata.update({"model_uri": info["model_uri"], "version": info["version"]})
     return info["champion"]

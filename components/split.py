@@ -4,14 +4,7 @@ from components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def split(
-    split_params: dict,
-    validate_params: dict,
-    tracking_params: dict,
-    profile: str,
-    dataset: dsl.Input[dsl.Dataset],
-    splits: dsl.Output[dsl.Dataset],
-):
+def split(params: dict, dataset: dsl.Input[dsl.Dataset], splits: dsl.Output[dsl.Dataset]):
     """split: undersample to the Dataset_1 counts and split train/val/test by patient.
 
     Reads params split, validate. Fails if a patient is in two splits or classes are
@@ -19,7 +12,4 @@ def split(
     """
     from cxrflow.steps import run_split, step_params
 
-    params = step_params(
-        profile, split=split_params, validate=validate_params, tracking=tracking_params
-    )
-    run_split(params, dataset.path, splits.path)
+    run_split(step_params(params), dataset.path, splits.path)

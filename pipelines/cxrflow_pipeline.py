@@ -1,11 +1,14 @@
 """The one Kubeflow Pipelines v2 definition of cxrflow.
 
-``build_pipeline(params)`` returns the ``@dsl.pipeline`` function whose parameter defaults are
-the loaded ``params.yaml`` sections (one dict parameter per section), so the compiled YAML
-carries exactly the configuration it was compiled from. On a cluster the four training steps
+``build_pipeline(params)`` returns the ``@dsl.pipeline`` function for one *resolved*
+configuration (params.yaml + profile + overrides, see :func:`cxrflow.config.load_params`): its
+single parameter ``params`` defaults to that configuration, which every step receives whole, so
+the compiled YAML carries exactly what it was resolved from. The model steps follow
+``params.models`` (one task per model key, a transfer after the model it starts from). An exit
+handler (``finalize``) ends the MLflow parent run whatever happens. On a cluster the model steps
 request a GPU and carry a node selector and toleration; every step gets the MLflow / S3
-endpoint and credentials from a Kubernetes Secret and ConfigMap. Locally (``kfp.local``) the
-Kubernetes settings are ignored.
+endpoint from a ConfigMap and credentials from a Secret. Locally (``kfp.local``) the Kubernetes
+settings are ignored.
 """
 
 from typing import Any
@@ -13,17 +16,15 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from components import (
-    evaluate,
+    evaluate_component,
+    finalize,
     ingest,
-    model_0,
-    model_1,
-    model_2,
-    model_3,
+    model_component,
     register,
     split,
     validate,
 )
-from cxrflow.config import MODEL_KEYS, Params, nulls_to_empty, params_to_dict
+from cxrflow.config import Params, params_to_kfp
 
 PIPELINE_NAME = "cxrflow"
 
@@ -42,28 +43,20 @@ CONFIG_MAP_ENV = {
     "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
     "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
 }
+MODEL_DESCRIPTIONS = {
+    "scratch": "{arch} from scratch on {dataset}.",
+    "imagenet": "ImageNet {arch} fine-tuned on {dataset} (head, then the last layers).",
+    "transfer": "{init} transfer-fine-tuned on {dataset} (head first, then unfrozen layers).",
+}
 
 
 def pipeline_defaults(params: Params) -> dict[str, Any]:
     """The pipeline parameter defaults for ``params`` (what the compiled YAML must contain).
 
-    KFP parameters cannot be null, so a null in params.yaml is passed as ``""``, which the
-    config loader reads back as null for fields that may be null.
+    KFP parameters cannot be null, so a null is passed as ``""``, which
+    :func:`cxrflow.config.params_from_kfp` reads back as null where a field may be null.
     """
-    plain = nulls_to_empty(params_to_dict(params))
-    return {
-        "data_params": plain["data"],
-        "ingest_params": plain["ingest"],
-        "validate_params": plain["validate"],
-        "split_params": plain["split"],
-        "train_params": plain["train"],
-        "models_params": plain["models"],
-        "evaluate_params": plain["evaluate"],
-        "register_params": plain["register"],
-        "tracking_params": plain["tracking"],
-        "profile": params.profile,
-        "data_version": "",
-    }
+    return {"params": params_to_kfp(params)}
 
 
 def _cluster_env(task: dsl.PipelineTask) -> None:
@@ -79,69 +72,64 @@ def _gpu(task: dsl.PipelineTask) -> None:
 
 
 def build_pipeline(params: Params) -> Any:
-    """Build the pipeline function with defaults from ``params``."""
-    d = pipeline_defaults(params)
+    """Build the pipeline function whose ``params`` default is the resolved ``params``."""
+    defaults = pipeline_defaults(params)
+    keys = params.model_keys
+    trainers = {
+        key: model_component(
+            key,
+            MODEL_DESCRIPTIONS[params.models[key].init_kind].format(
+                arch=params.models[key].architecture,
+                dataset=params.models[key].dataset,
+                init=params.models[key].init,
+            ),
+            transfer=params.models[key].base_model_key is not None,
+        )
+        for key in keys
+    }
+    bases = {key: params.models[key].base_model_key for key in keys}
+    evaluate = evaluate_component(keys)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description=(
-            "Katsamenis et al. 2020: ingest -> validate -> split -> model_0..model_3 -> "
-            "evaluate -> register (COVID-19 / bacterial / normal chest X-rays)"
+            "Katsamenis et al. 2020: ingest -> validate -> split -> "
+            + ", ".join(keys)
+            + " -> evaluate -> register (COVID-19 / bacterial / normal chest X-rays); "
+            f"params profile {params.profile}"
         ),
     )
-    def cxrflow(
-        data_params: dict = d["data_params"],
-        ingest_params: dict = d["ingest_params"],
-        validate_params: dict = d["validate_params"],
-        split_params: dict = d["split_params"],
-        train_params: dict = d["train_params"],
-        models_params: dict = d["models_params"],
-        evaluate_params: dict = d["evaluate_params"],
-        register_params: dict = d["register_params"],
-        tracking_params: dict = d["tracking_params"],
-        profile: str = d["profile"],
-        data_version: str = d["data_version"],
-    ) -> str:
-        common = {"tracking_params": tracking_params, "profile": profile}
-        ing = ingest(
-            data_params=data_params,
-            ingest_params=ingest_params,
-            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            data_version=data_version,
-            **common,
-        ).set_display_name("ingest")
-        dataset = ing.outputs["dataset"]
-        val = validate(validate_params=validate_params, dataset=dataset, **common)
-        val.set_display_name("validate")
-        spl = split(
-            split_params=split_params, validate_params=validate_params, dataset=dataset, **common
-        ).after(val)
-        spl.set_display_name("split")
-        splits = spl.outputs["splits"]
-        train_kw = {"train_params": train_params, "models_params": models_params, **common}
-        m0 = model_0(dataset=dataset, splits=splits, **train_kw).set_display_name("model_0")
-        m1 = model_1(dataset=dataset, splits=splits, **train_kw).set_display_name("model_1")
-        m2 = model_2(
-            dataset=dataset, splits=splits, base_model=m0.outputs["model"], **train_kw
-        ).set_display_name("model_2")
-        m3 = model_3(dataset=dataset, splits=splits, **train_kw).set_display_name("model_3")
-        trained = {"model_0": m0, "model_1": m1, "model_2": m2, "model_3": m3}
-        assert tuple(trained) == MODEL_KEYS
-        ev = evaluate(
-            evaluate_params=evaluate_params,
-            dataset=dataset,
-            splits=splits,
-            **{k: t.outputs["model"] for k, t in trained.items()},
-            **common,
-        ).set_display_name("evaluate")
-        reg = register(
-            register_params=register_params, evaluation=ev.outputs["evaluation"], **common
-        ).set_display_name("register")
-        for task in (ing, val, spl, *trained.values(), ev, reg):
+    def cxrflow(params: dict = defaults["params"]):
+        exit_task = finalize(params=params, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        exit_task.set_display_name("finalize")
+        tasks: list[dsl.PipelineTask] = [exit_task]
+        with dsl.ExitHandler(exit_task, name="steps"):
+            ing = ingest(params=params, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+            dataset = ing.outputs["dataset"]
+            val = validate(params=params, dataset=dataset)
+            spl = split(params=params, dataset=dataset).after(val)
+            splits = spl.outputs["splits"]
+            trained: dict[str, dsl.PipelineTask] = {}
+            for key in keys:
+                base = bases[key]
+                inputs = {"params": params, "dataset": dataset, "splits": splits}
+                if base is not None:
+                    inputs["base_model"] = trained[base].outputs["model"]
+                trained[key] = trainers[key](**inputs)
+            ev = evaluate(
+                params=params,
+                dataset=dataset,
+                splits=splits,
+                **{k: t.outputs["model"] for k, t in trained.items()},
+            )
+            reg = register(params=params, evaluation=ev.outputs["evaluation"])
+            tasks += [ing, val, spl, *trained.values(), ev, reg]
+        for task in tasks:
             _cluster_env(task)
             task.set_caching_options(False)
         for task in trained.values():
             _gpu(task)
-        return reg.outputs["Output"]
+        # KFP returns no pipeline output from inside an exit handler: the champion is the
+        # register step's output (and registered.json in its artifact).
 
     return cxrflow

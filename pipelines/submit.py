@@ -1,10 +1,11 @@
-"""Submit the compiled cxrflow pipeline to a Kubeflow Pipelines cluster, or schedule it nightly.
+"""Submit the cxrflow pipeline to a Kubeflow Pipelines cluster, or schedule it nightly.
 
-An adapter around ``kfp.Client``: it reads a package compiled by ``cxrflow pipeline compile``
-(``make compile`` writes ``build/cxrflow-pipeline.yaml``), checks the parameter overrides
-against the package's own parameters, and calls ``create_run_from_pipeline_package`` or
-``create_recurring_run``. The profile is applied at compile time, so compile with
-``--profile`` to change it; ``--param`` overrides individual parameters of one run or schedule.
+An adapter around ``kfp.Client``, called by ``cxrflow pipeline submit`` and ``cxrflow pipeline
+schedule``. A package holds one resolved configuration as its single ``params`` parameter
+(``cxrflow pipeline compile``); overrides of one run or schedule (``--set train.epochs=20``) are
+applied to that configuration and validated exactly like params.yaml
+(:func:`cxrflow.config.params_from_dict`) before anything is sent, and the whole resolved
+configuration is sent as the run's ``params``.
 
 The cluster is never hard-coded: the host comes from ``--host`` or ``KFP_HOST``, the namespace
 from ``--namespace`` or ``KFP_NAMESPACE``, and a bearer token, where the endpoint needs one,
@@ -12,28 +13,30 @@ from ``KFP_TOKEN`` only (a flag would leave it in shell history and ``ps``)::
 
     kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 &
     export KFP_HOST=http://localhost:8080
-    python -m pipelines.submit run --package build/cxrflow-pipeline.yaml \\
-        --param 'train_params={"epochs": 50}'
-    python -m pipelines.submit schedule --package build/cxrflow-pipeline.yaml
+    cxrflow --profile demo pipeline submit --set train.epochs=50
+    cxrflow pipeline schedule --package build/cxrflow-pipeline.yaml
 
 KFP cron expressions have six fields, seconds first: ``0 0 2 * * *`` is 02:00:00 every day.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import kfp
-import kfp_server_api
-import urllib3
 import yaml
+
+from cxrflow.config import (
+    Params,
+    params_from_dict,
+    params_from_kfp,
+    params_to_dict,
+    params_to_kfp,
+)
 
 HOST_ENV = "KFP_HOST"
 NAMESPACE_ENV = "KFP_NAMESPACE"
@@ -95,50 +98,40 @@ def pipeline_parameters(package_path: str | Path) -> dict[str, Any]:
     return {name: decl.get("defaultValue") for name, decl in params.items()}
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def package_params(package_path: str | Path) -> Params:
+    """The resolved configuration a compiled package carries (its ``params`` default).
+
+    Raises:
+        ValueError: If the package has no ``params`` parameter (compiled by an older cxrflow).
+    """
+    defaults = pipeline_parameters(package_path)
+    if not isinstance(defaults.get("params"), Mapping):
+        raise ValueError(
+            f"{package_path}: no `params` pipeline parameter; recompile it with "
+            "`cxrflow pipeline compile`"
+        )
+    return params_from_kfp(defaults["params"])
 
 
-def resolve_arguments(
-    package_path: str | Path, overrides: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """Check ``overrides`` against the package's parameters and complete partial sections.
-
-    Each params section is one dict parameter (``train_params``, ...). A dict override is merged
-    recursively into the compiled default, so ``{"train_params": {"epochs": 2}}`` changes one
-    key and keeps the rest of the section. Parameters not overridden are not sent: the run uses
-    the package's defaults.
+def resolve_arguments(package_path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The run arguments: the package's configuration with ``overrides`` applied and validated.
 
     Args:
         package_path: The compiled pipeline package.
-        overrides: ``{parameter name: value}``; ``None`` or empty for the defaults.
+        overrides: ``KEY=VALUE`` strings (``train.epochs=20``), validated like params.yaml.
 
     Returns:
-        The run arguments to send.
+        ``{}`` without overrides (the run uses the package's configuration), else
+        ``{"params": <the whole resolved configuration>}``.
 
     Raises:
-        ValueError: For an unknown parameter name, or a non-dict value for a dict parameter.
+        ParamsError: An unknown key or invalid value, naming the dotted key.
     """
-    params = pipeline_parameters(package_path)
-    arguments: dict[str, Any] = {}
-    for name, value in (overrides or {}).items():
-        if name not in params:
-            known = ", ".join(sorted(params))
-            raise ValueError(f"unknown pipeline parameter {name!r}; the package has: {known}")
-        default = params[name]
-        if isinstance(default, Mapping):
-            if not isinstance(value, Mapping):
-                raise ValueError(f"parameter {name!r} is a dict; got {type(value).__name__}")
-            arguments[name] = _merge(default, value)
-        else:
-            arguments[name] = value
-    return arguments
+    base = package_params(package_path)
+    if not overrides:
+        return {}
+    resolved = params_from_dict(params_to_dict(base), None, overrides)
+    return {"params": params_to_kfp(resolved)}
 
 
 def validate_cron(cron: str) -> str:
@@ -172,7 +165,7 @@ def default_run_name(now: datetime | None = None) -> str:
 def submit_run(
     host: str | None,
     package_path: str | Path,
-    params_overrides: Mapping[str, Any] | None = None,
+    params_overrides: Sequence[str] = (),
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
     *,
@@ -184,7 +177,7 @@ def submit_run(
     Args:
         host: KFP endpoint (``None``: ``KFP_HOST``); unused when ``client`` is given.
         package_path: The compiled pipeline YAML.
-        params_overrides: Parameter overrides (see :func:`resolve_arguments`).
+        params_overrides: ``KEY=VALUE`` overrides (see :func:`resolve_arguments`).
         experiment: KFP experiment, created if missing.
         run_name: Display name; default ``cxrflow-<UTC timestamp>``.
         namespace: Namespace of a multi-user deployment (``None``: ``KFP_NAMESPACE``/default).
@@ -230,7 +223,7 @@ def schedule_nightly(
     job_name: str = DEFAULT_JOB_NAME,
     max_concurrency: int = 1,
     *,
-    params_overrides: Mapping[str, Any] | None = None,
+    params_overrides: Sequence[str] = (),
     namespace: str | None = None,
     replace: bool = False,
     client: Any | None = None,
@@ -249,7 +242,7 @@ def schedule_nightly(
         experiment: KFP experiment, created if missing.
         job_name: Display name of the recurring run.
         max_concurrency: Most runs of this schedule at once.
-        params_overrides: Parameter overrides (see :func:`resolve_arguments`).
+        params_overrides: ``KEY=VALUE`` overrides (see :func:`resolve_arguments`).
         namespace: Namespace of a multi-user deployment (``None``: ``KFP_NAMESPACE``/default).
         replace: Replace an existing recurring run of the same name instead of failing.
         client: A ``kfp.Client`` (or a stand-in in tests); made from ``host`` when ``None``.
@@ -288,108 +281,3 @@ def schedule_nightly(
     for old in existing:
         kfp_client.delete_recurring_run(old)
     return str(job.recurring_run_id)
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """Parse ``name=value``; the value is JSON when it parses as JSON, else a string.
-
-    Args:
-        text: E.g. ``'train_params={"epochs": 2}'`` or ``data_version=v3``.
-
-    Returns:
-        ``(name, value)``.
-
-    Raises:
-        argparse.ArgumentTypeError: Without ``=`` or with an empty name.
-    """
-    name, sep, raw = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    try:
-        value: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return name.strip(), value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser (``run`` and ``schedule`` subcommands)."""
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.submit",
-        description="Submit the compiled cxrflow pipeline to Kubeflow Pipelines, or schedule it.",
-    )
-    p.add_argument("--host", default=None, help=f"KFP API endpoint (default: ${HOST_ENV})")
-    p.add_argument(
-        "--namespace", default=None, help=f"multi-user namespace (default: ${NAMESPACE_ENV})"
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def common(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--package", default=DEFAULT_PACKAGE, help="compiled pipeline YAML")
-        s.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="KFP experiment")
-        s.add_argument(
-            "--param",
-            action="append",
-            type=parse_param,
-            default=[],
-            metavar="NAME=VALUE",
-            help="override a pipeline parameter (JSON value; dicts merge into the default)",
-        )
-
-    run = sub.add_parser("run", help="start one run now")
-    common(run)
-    run.add_argument("--run-name", default=None, help="display name (default: timestamped)")
-
-    sch = sub.add_parser("schedule", help="create the nightly recurring run")
-    common(sch)
-    sch.add_argument(
-        "--cron", default=NIGHTLY_CRON, help=f"6-field cron (default {NIGHTLY_CRON!r})"
-    )
-    sch.add_argument("--job-name", default=DEFAULT_JOB_NAME, help="recurring run name")
-    sch.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
-    sch.add_argument("--replace", action="store_true", help="replace a schedule of that name")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; prints the run or recurring run id."""
-    args = build_parser().parse_args(argv)
-    overrides = dict(args.param)
-    try:
-        if args.command == "run":
-            run_id = submit_run(
-                args.host,
-                args.package,
-                overrides,
-                experiment=args.experiment,
-                run_name=args.run_name,
-                namespace=args.namespace,
-            )
-            print(f"run id: {run_id}")
-        else:
-            job_id = schedule_nightly(
-                args.host,
-                args.package,
-                cron=args.cron,
-                experiment=args.experiment,
-                job_name=args.job_name,
-                max_concurrency=args.max_concurrency,
-                params_overrides=overrides,
-                namespace=args.namespace,
-                replace=args.replace,
-            )
-            print(f"recurring run id: {job_id}")
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except urllib3.exceptions.HTTPError as exc:
-        print(f"error: cannot reach Kubeflow Pipelines: {exc}", file=sys.stderr)
-        return 1
-    except kfp_server_api.ApiException as exc:
-        print(f"error: Kubeflow Pipelines API: {exc.status} {exc.reason}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,429 +1,626 @@
-"""``cxrflow``: one subcommand per pipeline step, plus data, pipeline and predict tools.
+"""``cxrflow``: the one command-line program: every step, data, params, pipeline and predict.
 
-What DVC stages and people call. Heavy libraries (TensorFlow, MLflow, Great Expectations, kfp)
-are imported only by the subcommands that need them, so ``cxrflow --help`` is instant.
+What DVC stages and people call. Built with Typer; heavy libraries (TensorFlow, MLflow, Great
+Expectations, kfp) are imported only by the commands that need them, so ``cxrflow --help`` is
+instant. The configuration is resolved once per invocation (``--params``, ``--profile``,
+``--set``) and passed whole to the step. A failure a user can cause ends with one line on
+stderr, ``cxrflow: error: ...``, and a non-zero exit; ``--debug`` shows the traceback. This is
+the only module of the core that imports the adapters (``pipelines``), and only inside the
+``pipeline`` commands.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from cxrflow.config import ALL_LABELS, MODEL_KEYS, PROFILES
+import typer
 
 log = logging.getLogger("cxrflow")
 
-READS = {
-    "ingest": "data, ingest",
-    "validate": "validate",
-    "split": "split, validate",
-    "train": "train, models.<model_key>",
-    "evaluate": "evaluate",
-    "register": "register",
-    "synth": "data.synth",
-}
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
+
+app = typer.Typer(
+    name="cxrflow",
+    help=(
+        "cxrflow: COVID-19 chest X-ray transfer learning (Katsamenis et al. 2020) as a "
+        "Kubeflow / MLflow / DVC workflow. Steps: ingest -> validate -> split -> model_0.. -> "
+        "evaluate -> register. Every step takes the whole configuration resolved from "
+        "params.yaml, --profile and --set."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(
+    help="data tools: phantom generator, DVC data registry", no_args_is_help=True
+)
+pipeline_app = typer.Typer(
+    help="the Kubeflow pipeline: compile, run locally, submit, schedule", no_args_is_help=True
+)
+params_app = typer.Typer(help="the resolved configuration and its schema", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(params_app, name="params")
 
 
-def _params(args: argparse.Namespace) -> Any:
-    from cxrflow.config import load_params
+@dataclass
+class Settings:
+    """The global options, and the configuration resolved from them (once)."""
 
-    return load_params(args.params, args.profile)
+    params_path: Path = Path("params.yaml")
+    profile: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    verbose: bool = False
+    debug: bool = False
+    _params: Any = None
+
+    def params(self, extra: list[str] | None = None) -> Any:
+        """The resolved :class:`cxrflow.config.Params` (``extra`` overrides appended)."""
+        from cxrflow.config import load_params
+
+        if extra:
+            return load_params(self.params_path, self.profile, [*self.overrides, *extra])
+        if self._params is None:
+            self._params = load_params(self.params_path, self.profile, self.overrides)
+        return self._params
+
+
+_SETTINGS = Settings()
+
+
+@app.callback()
+def main_options(
+    params: Annotated[
+        Path, typer.Option("--params", help="params file (default params.yaml)")
+    ] = Path("params.yaml"),
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile", help="params profile: paper, demo, smoke (default: the file's `profile`)"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="override one param for this run (YAML value), e.g. --set train.epochs=20",
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="debug logging; stream every step's output")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
+) -> None:
+    """Global options (before the command)."""
+    from cxrflow.logs import setup_logging
+
+    _SETTINGS.params_path = params
+    _SETTINGS.profile = profile
+    _SETTINGS.overrides = list(set_ or [])
+    _SETTINGS.verbose = verbose
+    _SETTINGS.debug = debug
+    _SETTINGS._params = None
+    setup_logging(verbose)
 
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------------------- steps
+
+
+@app.command()
+def ingest(
+    out: Annotated[Path, typer.Option(help="dataset directory to write")],
+    pipeline_run_id: Annotated[
+        str | None, typer.Option(help="group the MLflow runs (default: a new id)")
+    ] = None,
+) -> None:
+    """Build the manifest from the configured sources (or phantom data). Reads params: data,
+    ingest."""
+    from cxrflow.data.ingest import summarize_report
+    from cxrflow.steps import run_ingest
+
+    result = run_ingest(_SETTINGS.params(), out, pipeline_run_id)
+    print(summarize_report(result["report"]))
+    print(f"manifest hash: {result['provenance']['manifest_hash']}")
+
+
+@app.command()
+def validate(
+    dataset: Annotated[Path, typer.Option(help="an ingest output directory")],
+    out: Annotated[Path, typer.Option(help="validation report + Data Docs directory")],
+) -> None:
+    """Great Expectations gate over the manifest (fails on violation). Reads params: validate."""
+    from cxrflow.steps import run_validate
+
+    summary = run_validate(_SETTINGS.params(), dataset, out)
+    print(f"validation passed: {summary.get('evaluated')} expectations")
+
+
+@app.command()
+def split(
+    dataset: Annotated[Path, typer.Option(help="an ingest output directory")],
+    out: Annotated[Path, typer.Option(help="splits directory to write")],
+) -> None:
+    """Undersample and split train/val/test by patient. Reads params: split, validate."""
+    from cxrflow.steps import run_split
+
+    result = run_split(_SETTINGS.params(), dataset, out)
+    _print_json(result["report"]["counts"])
+    for ds, warns in result["report"]["confounds"].items():
+        for w in warns:
+            print(f"WARNING {ds}: {w}", file=sys.stderr)
+
+
+@app.command()
+def train(
+    model_key: Annotated[str, typer.Argument(help="a key of params `models` (model_0 ...)")],
+    dataset: Annotated[Path, typer.Option(help="an ingest output directory")],
+    splits: Annotated[Path, typer.Option(help="a split output directory")],
+    out: Annotated[Path, typer.Option(help="model directory to write")],
+    base_model: Annotated[
+        Path | None, typer.Option(help="output directory of the model this one starts from")
+    ] = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(help="directory of model outputs: the base model is <dir>/<init key>"),
+    ] = None,
+) -> None:
+    """Train one model. Reads params: train, models.<model_key>."""
+    from cxrflow.config import check_model_key
+    from cxrflow.steps import run_train
+
+    params = _SETTINGS.params()
+    spec = check_model_key(params, model_key)
+    if base_model is None and models_dir is not None and spec.base_model_key is not None:
+        base_model = models_dir / spec.base_model_key
+    info = run_train(
+        params,
+        model_key,
+        dataset,
+        splits,
+        out,
+        base_model,
+        verbose=1 if sys.stderr.isatty() else 2,
+    )
+    _print_json({k: info[k] for k in ("model_key", "run_id", "model_uri", "train_seconds")})
+
+
+@app.command()
+def start(
+    kind: Annotated[str, typer.Argument(help="scratch or imagenet")],
+    out: Annotated[Path, typer.Option(help="directory for START.json")],
+) -> None:
+    """Describe a starting point of training (the seed, or the ImageNet weights with their
+    sha256): what DVC's model stages depend on besides the data. Reads params: train.seed,
+    models."""
+    from cxrflow.steps import write_start_point
+
+    _print_json(write_start_point(_SETTINGS.params(), kind, out))
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[Path, typer.Option(help="an ingest output directory")],
+    splits: Annotated[Path, typer.Option(help="a split output directory")],
+    out: Annotated[Path, typer.Option(help="evaluation directory to write")],
+    model: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=DIR", help="a model's output directory (repeat)"),
+    ] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help="directory holding <key>/ for every model in params")
+    ] = None,
+) -> None:
+    """Test metrics, confusion matrices and latency of the models. Reads params: evaluate."""
+    from cxrflow.steps import format_summary, run_evaluate
+
+    params = _SETTINGS.params()
+    dirs: dict[str, Path] = {}
+    if models_dir is not None:
+        dirs = {k: models_dir / k for k in params.model_keys}
+    for item in model or []:
+        key, _, path = item.partition("=")
+        if key not in params.models or not path:
+            raise ValueError(
+                f"--model expects KEY=DIR with KEY in {list(params.model_keys)}, got {item!r}"
+            )
+        dirs[key] = Path(path)
+    if not dirs:
+        raise ValueError("give --models-dir or at least one --model KEY=DIR")
+    print(format_summary(run_evaluate(params, dataset, splits, dirs, out)))
+
+
+@app.command()
+def register(
+    evaluation: Annotated[Path, typer.Option(help="an evaluate output directory")],
+    out: Annotated[Path, typer.Option(help="directory for registered.json")],
+) -> None:
+    """Register the best model with the alias champion. Reads params: register."""
+    from cxrflow.steps import run_register
+
+    _print_json(run_register(_SETTINGS.params(), evaluation, out))
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="image files or directories")],
+    model_uri: Annotated[
+        str | None, typer.Option(help="e.g. runs:/<id>/model (default: the registered champion)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+) -> None:
+    """Classify images with the registered champion (or --model-uri). Reads params: register
+    (model name and alias), ingest.max_pixels (decompression-bomb limit)."""
+    from cxrflow import tracking
+    from cxrflow.predict import format_errors, format_json, format_table, predict_paths
+
+    params = _SETTINGS.params()
+    uri = model_uri or f"models:/{params.register.model_name}@{params.register.alias}"
+    model, meta = tracking.load_model(uri)
+    classes, size = meta.get("classes"), meta.get("image_size")
+    if not classes or not size:
+        raise ValueError(f"{uri}: model has no cxrflow metadata (classes, image_size)")
+    preds = predict_paths(
+        model, [str(p) for p in paths], classes, int(size), max_pixels=params.ingest.max_pixels
+    )
+    ok = [p for p in preds if not p.error]
+    if ok:
+        print(format_json(ok) if as_json else format_table(ok, classes))
+    for line in format_errors(preds):
+        print(f"cxrflow: error: {line}", file=sys.stderr)
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+@data_app.command("synth")
+def data_synth(out: Annotated[Path, typer.Option(help="output directory")]) -> None:
+    """Write PHANTOM (synthetic) CXRs in the real Kermany and Cohen layouts. Reads params:
+    data.synth."""
     from cxrflow.data.synthetic import generate_phantom
 
-    summary = generate_phantom(Path(args.out), _params(args).data.synth)
+    summary = generate_phantom(out, _SETTINGS.params().data.synth)
     print(f"PHANTOM data written: kermany={summary.kermany_dir} cohen={summary.cohen_dir}")
     _print_json(summary.counts)
-    return 0
 
 
-def _registry(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
-    params = _params(args)
-    data = params.data
-    repo = args.registry or data.registry or "."
-    paths = data.source_paths
-    if not paths:
-        raise SystemExit("params data.kermany_dir / data.cohen_dirs name no tracked data paths")
-    return params, repo, paths
+RegistryOption = Annotated[
+    str | None,
+    typer.Option(help="data registry repo (default: params data.registry, else .)"),
+]
 
 
-def cmd_data_versions(args: argparse.Namespace) -> int:
+def _registry(registry: str | None) -> tuple[Any, str, list[str]]:
+    params = _SETTINGS.params()
+    repo = registry or params.data.registry or "."
+    if not params.data.source_paths:
+        raise ValueError(
+            "params data.sources names no tracked data paths; set e.g. "
+            "data.sources.kermany: [raw/chest_xray] (paths inside the data registry)"
+        )
+    return params, repo, params.data.source_paths
+
+
+@data_app.command("versions")
+def data_versions(
+    registry: RegistryOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+) -> None:
+    """List the data registry's versions with class counts from DVC listings (no image
+    download). Reads params: data, ingest."""
+    from cxrflow.config import ALL_LABELS
     from cxrflow.data.versions import list_versions
 
-    params, repo, _ = _registry(args)
-    versions = list_versions(
-        repo, params.data.kermany_dir, list(params.data.cohen_dirs), params.ingest.cohen
-    )
-    if args.json:
+    params, repo, _ = _registry(registry)
+    versions = list_versions(repo, params.data.sources, params.ingest)
+    if as_json:
         _print_json([v.__dict__ for v in versions])
-        return 0
-    labels = ALL_LABELS
-    print(f"{'rev':<16} {'commit':<12} {'date':<25} " + " ".join(f"{x:>9}" for x in labels))
+        return
+    header = f"{'rev':<16} {'commit':<12} {'date':<25} " + " ".join(f"{x:>9}" for x in ALL_LABELS)
+    print(header)
     for v in versions:
         counts = v.label_totals()
         print(
             f"{v.rev:<16} {v.commit[:12]:<12} {v.date:<25} "
-            + " ".join(f"{counts[x]:>9}" for x in labels)
+            + " ".join(f"{counts.get(x, 0):>9}" for x in ALL_LABELS)
         )
-    return 0
 
 
-def cmd_data_rollback(args: argparse.Namespace) -> int:
+@data_app.command("rollback")
+def data_rollback(
+    rev: Annotated[str, typer.Argument(help="git tag or commit of the data registry")],
+    registry: RegistryOption = None,
+) -> None:
+    """Restore the working copy of the tracked data to REV (`dvc checkout`, pulling from the
+    remote as needed). Reads params: data."""
     from cxrflow.data.versions import rollback
 
-    _, repo, paths = _registry(args)
-    v = rollback(repo, args.rev, paths)
+    _, repo, paths = _registry(registry)
+    v = rollback(repo, rev, paths)
     print(
-        f"working copy of {paths} restored to {args.rev} ({v.commit[:12]}); "
+        f"working copy of {paths} restored to {rev} ({v.commit[:12]}); "
         "commit the .dvc files to make it the new current version"
     )
-    return 0
 
 
-def cmd_data_snapshot(args: argparse.Namespace) -> int:
+@data_app.command("snapshot")
+def data_snapshot(
+    message: Annotated[str, typer.Option("--message", "-m", help="commit message")],
+    tag: Annotated[str | None, typer.Option(help="tag the new version")] = None,
+    no_push: Annotated[bool, typer.Option("--no-push", help="do not dvc push")] = False,
+    registry: RegistryOption = None,
+) -> None:
+    """dvc add + git commit (+ tag) + dvc push of the tracked data: a new data version. Reads
+    params: data."""
     from cxrflow.data.versions import snapshot
 
-    _, repo, paths = _registry(args)
-    v = snapshot(repo, paths, args.message, tag=args.tag, push=not args.no_push)
+    _, repo, paths = _registry(registry)
+    v = snapshot(repo, paths, message, tag=tag, push=not no_push)
     print(f"data version {v.rev} ({v.commit[:12]}): {v.dvc_hashes}")
-    return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from cxrflow.steps import run_ingest
-
-    out = run_ingest(_params(args), args.out, args.pipeline_run_id, args.data_version or "")
-    from cxrflow.data.ingest import summarize_report
-
-    print(summarize_report(out["report"]))
-    print(f"manifest hash: {out['provenance']['manifest_hash']}")
-    return 0
+# --------------------------------------------------------------------------------- params
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from cxrflow.steps import run_validate
+@params_app.command("show")
+def params_show(
+    fmt: Annotated[str, typer.Option("--format", help="json or yaml")] = "json",
+) -> None:
+    """Print the resolved configuration (params.yaml + profile + --set)."""
+    from cxrflow.config import params_hash, params_to_dict, params_to_yaml
 
-    summary = run_validate(_params(args), args.dataset, args.out)
-    print(f"validation passed: {summary.get('evaluated')} expectations")
-    return 0
-
-
-def cmd_split(args: argparse.Namespace) -> int:
-    from cxrflow.steps import run_split
-
-    out = run_split(_params(args), args.dataset, args.out)
-    _print_json(out["report"]["counts"])
-    for ds, warns in out["report"]["confounds"].items():
-        for w in warns:
-            print(f"WARNING {ds}: {w}", file=sys.stderr)
-    return 0
+    params = _SETTINGS.params()
+    if fmt == "yaml":
+        print(params_to_yaml(params), end="")
+    elif fmt == "json":
+        _print_json({**params_to_dict(params), "_hash": params_hash(params)})
+    else:
+        raise ValueError(f"--format must be json or yaml, got {fmt!r}")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from cxrflow.steps import run_train
+@params_app.command("schema")
+def params_schema(
+    output: Annotated[
+        Path | None, typer.Option(help="write the JSON Schema here (default: stdout)")
+    ] = None,
+) -> None:
+    """The JSON Schema of params.yaml, for editors (e.g. yaml-language-server)."""
+    from cxrflow.config import params_json_schema
 
-    info = run_train(
-        _params(args),
-        args.model_key,
-        args.dataset,
-        args.splits,
-        args.out,
-        args.base_model,
-        verbose=1 if sys.stderr.isatty() else 2,
-    )
-    _print_json({k: info[k] for k in ("model_key", "run_id", "model_uri", "train_seconds")})
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cxrflow.steps import format_summary, run_evaluate
-
-    dirs = {}
-    for item in args.model:
-        key, _, path = item.partition("=")
-        if key not in MODEL_KEYS or not path:
-            raise SystemExit(f"--model expects KEY=DIR with KEY in {MODEL_KEYS}, got {item!r}")
-        dirs[key] = path
-    results = run_evaluate(_params(args), args.dataset, args.splits, dirs, args.out)
-    print(format_summary(results))
-    return 0
+    text = json.dumps(params_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        print(text, end="")
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        print(f"JSON Schema of params.yaml -> {output}")
 
 
-def cmd_register(args: argparse.Namespace) -> int:
-    from cxrflow.steps import run_register
+@params_app.command("resolve")
+def params_resolve(out: Annotated[Path, typer.Option(help="resolved params file")]) -> None:
+    """Write the resolved configuration as a params file (what DVC stages read)."""
+    from cxrflow.config import params_hash, params_to_yaml
 
-    _print_json(run_register(_params(args), args.evaluation, args.out))
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from cxrflow import tracking
-    from cxrflow.predict import format_json, format_table, predict_paths
-
-    uri = args.model_uri
-    if uri is None:
-        rp = _params(args).register
-        uri = f"models:/{rp.model_name}@{rp.alias}"
-    model, meta = tracking.load_model(uri)
-    classes = meta.get("classes")
-    size = meta.get("image_size")
-    if not classes or not size:
-        raise SystemExit(f"{uri}: model has no cxrflow metadata (classes, image_size)")
-    preds = predict_paths(model, args.paths, classes, int(size))
-    print(format_json(preds) if args.json else format_table(preds, classes))
-    return 1 if all(p.error for p in preds) else 0
+    params = _SETTINGS.params()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(params_to_yaml(params))
+    print(f"params (profile {params.profile}, hash {params_hash(params)}) -> {out}")
 
 
-def cmd_pipeline_compile(args: argparse.Namespace) -> int:
-    _add_project_root()
+# ------------------------------------------------------------------------------- pipeline
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(output: Annotated[Path, typer.Option(help="pipeline YAML to write")]) -> None:
+    """Write the KFP v2 pipeline YAML; its `params` default is the resolved configuration."""
+    from cxrflow.config import params_hash
     from pipelines.compile import compile_pipeline
 
-    out = compile_pipeline(_params(args), args.output)
-    print(f"compiled pipeline -> {out}")
-    return 0
+    params = _SETTINGS.params()
+    path = compile_pipeline(params, output)
+    print(f"compiled pipeline (profile {params.profile}, params {params_hash(params)}) -> {path}")
 
 
-def cmd_pipeline_run(args: argparse.Namespace) -> int:
-    if not args.local:
-        raise SystemExit(
-            "only --local is supported here; on a cluster, upload the compiled YAML "
-            "(`cxrflow pipeline compile`) or use pipelines/submit.py"
+@pipeline_app.command("run")
+def pipeline_run(
+    local: Annotated[bool, typer.Option("--local", help="run through kfp.local")] = False,
+    pipeline_root: Annotated[Path, typer.Option(help="local artifact root")] = Path("runs/kfp"),
+    data_version: Annotated[
+        str | None,
+        typer.Option(help="pin a data registry version (same as --set data.version=...)"),
+    ] = None,
+) -> None:
+    """Run the whole pipeline on this machine (kfp.local subprocesses); one line per step,
+    full logs in runs/<run>/<step>.log. Reads all params."""
+    if not local:
+        raise ValueError(
+            "only --local runs here; on a cluster use `cxrflow pipeline submit` (or schedule)"
         )
-    _add_project_root()
+    from cxrflow.config import params_hash
     from cxrflow.steps import format_summary
     from cxrflow.tracking import tracking_uri
-    from pipelines.local import find_metrics, run_local
+    from pipelines.cxrflow_pipeline import build_pipeline
+    from pipelines.local import find_metrics, find_registered, run_local
 
-    params = _params(args)
-    out = run_local(params, args.pipeline_root, args.data_version or "")
-    results = find_metrics(out["run_dir"])
-    print()
-    print(f"cxrflow pipeline finished (profile {params.profile}); run dir: {out['run_dir']}")
-    print(format_summary(results))
-    print(
-        f"champion: {out['champion']} -> models:/{params.register.model_name}"
-        f"@{params.register.alias}"
-    )
+    params = _SETTINGS.params([f"data.version={data_version}"] if data_version else None)
     uri = tracking_uri()
+    print(
+        f"cxrflow pipeline: profile {params.profile}, params {params_hash(params)}, "
+        f"models {', '.join(params.model_keys)}; MLflow {uri}"
+    )
+    result = run_local(
+        build_pipeline(params),
+        {},
+        pipeline_root,
+        verbose=_SETTINGS.verbose,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    if not _SETTINGS.verbose:  # kfp.local logs its workspace clean-up at exit
+        logging.getLogger().setLevel(logging.WARNING)
+    results = find_metrics(result.run_dir)
+    registered = find_registered(result.run_dir)
+    print()
+    print(f"cxrflow pipeline finished (profile {params.profile}); run dir: {result.run_dir}")
+    print(format_summary(results), end="")
+    print(
+        f"champion: {registered['champion']} -> models:/{registered['model_name']}"
+        f"@{registered['alias']} (version {registered['version']})"
+    )
     print(
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} "
         f"--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)"
     )
-    return 0
 
 
-def cmd_params_show(args: argparse.Namespace) -> int:
-    from cxrflow.config import params_to_dict
-
-    _print_json(params_to_dict(_params(args)))
-    return 0
-
-
-def _add_project_root() -> None:
-    """Make the project's ``pipelines/`` and ``components/`` importable."""
-    here = Path.cwd()
-    for cand in (here, *here.parents, Path(__file__).resolve().parents[2]):
-        if (cand / "pipelines" / "cxrflow_pipeline.py").is_file():
-            if str(cand) not in sys.path:
-                sys.path.insert(0, str(cand))
-            return
-    raise SystemExit("cannot find the project's pipelines/ folder (run from the project root)")
+PackageOption = Annotated[
+    Path | None,
+    typer.Option(help="a compiled package (default: compile the resolved params now)"),
+]
+HostOption = Annotated[str | None, typer.Option(help="KFP API endpoint (default: $KFP_HOST)")]
+NamespaceOption = Annotated[
+    str | None, typer.Option(help="multi-user namespace (default: $KFP_NAMESPACE)")
+]
+ExperimentOption = Annotated[str, typer.Option(help="KFP experiment")]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
-    p = argparse.ArgumentParser(
-        prog="cxrflow",
-        description=(
-            "cxrflow: COVID-19 chest X-ray transfer learning (Katsamenis et al. 2020) as a "
-            "Kubeflow / MLflow / DVC workflow. Steps: ingest -> validate -> split -> "
-            "model_0..model_3 -> evaluate -> register."
-        ),
+def _package(package: Path | None) -> tuple[Path, list[str]]:
+    """The package to submit and the overrides still to apply to it.
+
+    Without --package the resolved params (profile and --set included) are compiled now; with
+    one, its own configuration is used and --set applies on top of it (a profile is a choice
+    made at compile time, so --profile with --package is refused).
+    """
+    if package is not None:
+        if _SETTINGS.profile is not None:
+            raise ValueError(
+                "--profile applies when compiling; with --package use the package's "
+                "configuration and --set KEY=VALUE"
+            )
+        return package, list(_SETTINGS.overrides)
+    from pipelines.compile import compile_pipeline
+
+    path = compile_pipeline(_SETTINGS.params(), Path("build") / "cxrflow-pipeline-submit.yaml")
+    return path, []
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    package: PackageOption = None,
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    experiment: ExperimentOption = "cxrflow",
+    run_name: Annotated[
+        str | None, typer.Option(help="display name (default: timestamped)")
+    ] = None,
+) -> None:
+    """Start one run on a Kubeflow Pipelines cluster with the resolved configuration."""
+    from pipelines.submit import submit_run
+
+    path, overrides = _package(package)
+    run_id = submit_run(
+        host, path, overrides, experiment=experiment, run_name=run_name, namespace=namespace
     )
-    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    p.add_argument(
-        "--profile",
-        default=os.environ.get("CXRFLOW_PROFILE", "paper"),
-        choices=PROFILES,
-        help="params profile (default: $CXRFLOW_PROFILE or paper)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    print(f"run id: {run_id}")
 
-    data = sub.add_parser("data", help="data tools (phantom generator)")
-    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    s = dsub.add_parser(
-        "synth",
-        help="write PHANTOM (synthetic) CXRs in the real Kermany and Cohen layouts",
-        description=f"Write phantom data. Reads params: {READS['synth']}.",
-    )
-    s.add_argument("--out", required=True, help="output directory")
-    s.set_defaults(func=cmd_synth)
 
-    reg_help = "data registry repo (default: params data.registry, else .)"
-    s = dsub.add_parser(
-        "versions",
-        help="list data versions (registry tags) with class counts",
-        description="List the data registry's versions with class counts computed from DVC "
-        "listings (no image download). Reads params: data, ingest.cohen.",
-    )
-    s.add_argument("--registry", default=None, help=reg_help)
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_data_versions)
-    s = dsub.add_parser(
-        "rollback",
-        help="restore the working copy of the tracked data to REV",
-        description="Check out the .dvc files of REV and `dvc checkout` (pulling from the "
-        "remote as needed). Reads params: data.",
-    )
-    s.add_argument("rev", help="git tag or commit of the data registry")
-    s.add_argument("--registry", default=None, help=reg_help)
-    s.set_defaults(func=cmd_data_rollback)
-    s = dsub.add_parser(
-        "snapshot",
-        help="dvc add + git commit (+ tag) + dvc push the tracked data: a new data version",
-        description="Record the tracked data dirs as a new version. Reads params: data.",
-    )
-    s.add_argument("--message", "-m", required=True)
-    s.add_argument("--tag", default=None)
-    s.add_argument("--no-push", action="store_true")
-    s.add_argument("--registry", default=None, help=reg_help)
-    s.set_defaults(func=cmd_data_snapshot)
+@pipeline_app.command("schedule")
+def pipeline_schedule(
+    package: PackageOption = None,
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    experiment: ExperimentOption = "cxrflow",
+    cron: Annotated[
+        str, typer.Option(help="6-field KFP cron, seconds first (default 02:00 daily)")
+    ] = "0 0 2 * * *",
+    job_name: Annotated[str, typer.Option(help="recurring run name")] = "cxrflow-nightly",
+    max_concurrency: Annotated[int, typer.Option(help="runs at once")] = 1,
+    replace: Annotated[bool, typer.Option(help="replace a schedule of that name")] = False,
+) -> None:
+    """Create the nightly recurring run (no catch-up) with the resolved configuration."""
+    from pipelines.submit import schedule_nightly
 
-    s = sub.add_parser(
-        "ingest",
-        help="build the manifest from Kermany + Cohen (or phantom data)",
-        description=f"Ingest raw data into a dataset directory. Reads params: {READS['ingest']}.",
+    path, overrides = _package(package)
+    job_id = schedule_nightly(
+        host,
+        path,
+        cron=cron,
+        experiment=experiment,
+        job_name=job_name,
+        max_concurrency=max_concurrency,
+        params_overrides=overrides,
+        namespace=namespace,
+        replace=replace,
     )
-    s.add_argument("--out", required=True, help="dataset directory to write")
-    s.add_argument("--pipeline-run-id", default=None, help="group MLflow runs (default: new id)")
-    s.add_argument("--data-version", default="", help="data version recorded in MLflow")
-    s.set_defaults(func=cmd_ingest)
+    print(f"recurring run id: {job_id}")
 
-    s = sub.add_parser(
-        "validate",
-        help="Great Expectations gate over the manifest (fails on violation)",
-        description=f"Validate a dataset directory. Reads params: {READS['validate']}.",
-    )
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--out", required=True, help="validation report + Data Docs directory")
-    s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser(
-        "split",
-        help="undersample and split train/val/test by patient",
-        description=f"Build Dataset_0 and Dataset_1 splits. Reads params: {READS['split']}.",
-    )
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_split)
+# ------------------------------------------------------------------------------- errors
 
-    s = sub.add_parser(
-        "train",
-        help="train one model: model_0 | model_1 | model_2 | model_3",
-        description=f"Train a model. Reads params: {READS['train']}.",
-    )
-    s.add_argument("model_key", choices=MODEL_KEYS)
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--splits", required=True)
-    s.add_argument("--out", required=True, help="model directory to write")
-    s.add_argument("--base-model", default=None, help="model_0's directory (for model_2)")
-    s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser(
-        "evaluate",
-        help="test metrics, confusion matrices and latency of the models",
-        description=f"Evaluate models. Reads params: {READS['evaluate']}.",
-    )
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--splits", required=True)
-    s.add_argument("--model", action="append", required=True, metavar="KEY=DIR")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_evaluate)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types a user can cause (bad params, paths, data, a failed step...)."""
+    from cxrflow.config import ParamsError
 
-    s = sub.add_parser(
-        "register",
-        help="register the best model with the alias champion",
-        description=f"Register the champion. Reads params: {READS['register']}.",
-    )
-    s.add_argument("--evaluation", required=True)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_register)
+    known: list[type[BaseException]] = [ParamsError, FileNotFoundError, ValueError, LookupError]
+    for module, name in (
+        ("cxrflow.data.validate", "DataValidationError"),
+        ("cxrflow.data.versions", "DataRegistryError"),
+        ("cxrflow.tracking", "ModelNotFoundError"),
+        ("pipelines.progress", "LocalStepError"),
+    ):
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, name):
+            known.append(getattr(mod, name))
+    return tuple(known)
 
-    s = sub.add_parser(
-        "predict",
-        help="classify images with the registered champion (or --model-uri)",
-        description=(
-            "Print class probabilities per image, applying the training preprocessing. "
-            "Reads params: register (model name and alias) unless --model-uri is given."
-        ),
-    )
-    s.add_argument("paths", nargs="+", metavar="PATH")
-    s.add_argument("--model-uri", default=None, help="e.g. runs:/<id>/model or models:/m-...")
-    s.add_argument("--json", action="store_true", help="JSON instead of a table")
-    s.set_defaults(func=cmd_predict)
 
-    pipe = sub.add_parser("pipeline", help="compile or run the Kubeflow pipeline")
-    psub = pipe.add_subparsers(dest="pipeline_command", required=True, metavar="PIPELINE_COMMAND")
-    s = psub.add_parser(
-        "compile",
-        help="write the KFP v2 pipeline YAML (defaults = params + profile)",
-        description="Compile the pipeline. Reads all params sections (as parameter defaults).",
-    )
-    s.add_argument("--output", required=True)
-    s.set_defaults(func=cmd_pipeline_compile)
-    s = psub.add_parser(
-        "run",
-        help="run the pipeline (--local: kfp.local subprocesses on this machine)",
-        description="Run the whole pipeline. Reads all params sections.",
-    )
-    s.add_argument("--local", action="store_true", help="run through kfp.local")
-    s.add_argument("--pipeline-root", default="runs/kfp", help="local artifact root")
-    s.add_argument("--data-version", default="", help="data version to record / pin")
-    s.set_defaults(func=cmd_pipeline_run)
-
-    prm = sub.add_parser("params", help="show the resolved params")
-    prsub = prm.add_subparsers(dest="params_command", required=True, metavar="PARAMS_COMMAND")
-    s = prsub.add_parser("show", help="print params (with the profile applied) as JSON")
-    s.set_defaults(func=cmd_params_show)
-    return p
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    from cxrflow.logs import setup_logging
-
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    """Entry point: run the command; a failure ends with one ``cxrflow: error:`` line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
+        result = app(args=args, prog_name="cxrflow", standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except (KeyboardInterrupt, typer.Abort):
+        print("cxrflow: interrupted", file=sys.stderr)
         return 130
+    except typer.TyperException as exc:  # usage errors: click's own message and usage line
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        return int(getattr(exc, "exit_code", EXIT_USER_ERROR))
     except Exception as exc:
-        from cxrflow.config import ParamsError
-
-        known: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, ValueError)
-        try:
-            from cxrflow.data.validate import DataValidationError
-
-            known = (*known, DataValidationError)
-        except ImportError:  # pragma: no cover
-            pass
-        if isinstance(exc, known) and not args.verbose:
-            print(f"cxrflow: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+        if debug:
+            raise
+        if isinstance(exc, _user_errors()):
+            print(f"cxrflow: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(
+            f"cxrflow: error: {type(exc).__name__}: {_one_line(exc)} "
+            "(unexpected; rerun with --debug for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return int(result) if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,31 +1,43 @@
-"""Typed, frozen configuration loaded from ``params.yaml``.
+"""Typed, frozen configuration resolved once per run from ``params.yaml``.
 
 ``params.yaml`` is the single source of configuration. The paper's hyper-parameters are the
-top-level values; a *profile* (``demo``, ``smoke``) overrides a few keys. Loading validates every
-key: an unknown key or an out-of-range value raises :class:`ParamsError` naming the dotted key.
-Nothing here performs I/O at import time.
+top-level values; a *profile* (``demo``, ``smoke``) overrides a few keys, and explicit overrides
+(``--set train.epochs=20``, ``dvc exp run -S``) come last. :func:`load_params` resolves all three
+into one :class:`Params` (pydantic v2 models, frozen, unknown keys forbidden), which is then
+passed whole to every step: the CLI, the DVC stages and every KFP component see the same values
+and log the same :func:`params_hash`.
+
+Errors name the dotted key (``params: train.batch_size: Input should be greater than or equal
+to 1``). Integers and booleans are strict: ``12.0`` is no integer in ``params.yaml``. Kubeflow
+Pipelines carries numbers as floats and cannot carry null, so :func:`params_from_kfp`, and only
+it, reads integral floats as integers and ``""`` as null. Nothing here performs I/O at import.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal
 
 import yaml
-
-MODEL_KEYS: tuple[str, ...] = ("model_0", "model_1", "model_2", "model_3")
-"""Model keys; identical in params, CLI, DVC stages, KFP tasks and MLflow tags."""
-
-STEPS: tuple[str, ...] = ("ingest", "validate", "split", *MODEL_KEYS, "evaluate", "register")
-"""The nine pipeline steps, in topological order."""
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DATASET_0_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
 DATASET_1_CLASSES: tuple[str, ...] = ("normal", "bacterial", "covid")
@@ -34,435 +46,533 @@ DATASETS: dict[str, tuple[str, ...]] = {
     "dataset_0": DATASET_0_CLASSES,
     "dataset_1": DATASET_1_CLASSES,
 }
-PROFILES: tuple[str, ...] = ("paper", "demo", "smoke")
+PAPER = "paper"
+PROFILES: tuple[str, ...] = (PAPER, "demo", "smoke")
+"""The profiles params.yaml ships with (``paper`` applies none)."""
+
+MODEL_KEYS: tuple[str, ...] = ("model_0", "model_1", "model_2", "model_3")
+"""The paper's four model keys (the default ``models:``). A run's keys: ``Params.model_keys``."""
+
+DATA_STEPS: tuple[str, ...] = ("ingest", "validate", "split")
+FINAL_STEPS: tuple[str, ...] = ("evaluate", "register")
+STEPS: tuple[str, ...] = (*DATA_STEPS, *MODEL_KEYS, *FINAL_STEPS)
+"""The steps of the default pipeline, in topological order (a run's: ``Params.steps``)."""
+
+INIT_SCRATCH = "scratch"
+INIT_IMAGENET = "imagenet"
+_NAME = r"^[a-z][a-z0-9_]*$"
+_RESERVED_MODEL_KEYS = frozenset({INIT_SCRATCH, INIT_IMAGENET, *DATA_STEPS, *FINAL_STEPS})
 
 
 class ParamsError(ValueError):
-    """Raised for an unknown key, a wrong type or an out-of-range value in params."""
+    """An unknown key, a wrong type or an out-of-range value in params (names the dotted key)."""
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ParamsError(f"params: {key}: {msg}")
+def _fail(key: str, msg: str) -> ParamsError:
+    return ParamsError(f"params: {key}: {msg}")
 
 
-@dataclass(frozen=True)
-class SynthParams:
+class _Section(BaseModel):
+    """Base of every params section: frozen, unknown keys forbidden, KFP decoding on demand."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _decode_kfp(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get("kfp") and info.field_name:
+            return _kfp_decode(cls.model_fields[info.field_name].annotation, value)
+        return value
+
+
+def _kfp_decode(tp: Any, value: Any) -> Any:
+    """Undo KFP's parameter encodings for a value of annotated type ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return _kfp_decode(args[0], value)
+    if origin in (typing.Union, types.UnionType):
+        if value == "" and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _kfp_decode(inner[0], value) if len(inner) == 1 else value
+    if tp is int or (isinstance(tp, type) and issubclass(tp, int) and tp is not bool):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+    if origin is dict and isinstance(value, Mapping):
+        return {k: _kfp_decode(args[1], v) for k, v in value.items()}
+    if origin is tuple and isinstance(value, list | tuple):
+        return [_kfp_decode(args[0], v) for v in value]
+    return value
+
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class SynthParams(_Section):
     """Phantom (synthetic) data generator settings."""
 
-    patients_per_class: int = 40
-    images_per_patient_max: int = 3
-    min_side: int = 180
-    max_side: int = 360
-    covid_lateral_fraction: float = 0.1
-    seed: int = 20200927
+    patients_per_class: PositiveInt = 40
+    images_per_patient_max: PositiveInt = 3
+    min_side: Annotated[StrictInt, Field(ge=16)] = 180
+    max_side: Annotated[StrictInt, Field(ge=16)] = 360
+    covid_lateral_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    seed: StrictInt = 20200927
 
-    def __post_init__(self) -> None:
-        _check(self.patients_per_class >= 1, "data.synth.patients_per_class", "must be >= 1")
-        _check(self.images_per_patient_max >= 1, "data.synth.images_per_patient_max", ">= 1")
-        _check(16 <= self.min_side <= self.max_side, "data.synth.min_side", "16 <= min <= max")
-        _check(
-            0.0 <= self.covid_lateral_fraction < 1.0,
-            "data.synth.covid_lateral_fraction",
-            "must be in [0, 1)",
-        )
+    @model_validator(mode="after")
+    def _sides(self) -> SynthParams:
+        if self.min_side > self.max_side:
+            raise _fail("data.synth.min_side", "must be <= data.synth.max_side")
+        return self
 
 
-@dataclass(frozen=True)
-class DataParams:
-    """Where the raw data lives. No Kermany dir and no Cohen dir means: generate phantom data.
+class DataParams(_Section):
+    """Where the raw data lives. No source configured means: generate phantom data.
 
-    ``cohen_dirs`` takes several roots (e.g. the 2020-06-22 snapshot and the 2020-08 supplement);
-    duplicates across them are found and collapsed by ingest. With ``registry`` (a git URL or
-    path of a DVC data registry) the dirs are paths *inside* that repository and ingest reads
-    them at ``version`` (a git tag or commit; null = the registry's HEAD) from its DVC remote.
+    ``sources`` maps a source name (a registered :class:`cxrflow.data.sources.Source`, e.g.
+    ``kermany``, ``cohen``) to its roots, in priority order for duplicate collapsing: e.g. the
+    Cohen 2020-06-22 snapshot and the 2020-08 supplement are two roots of ``cohen``. With
+    ``registry`` (a git URL or path of a DVC data registry) the roots are paths *inside* that
+    repository, read at ``version`` (a tag or commit; null = HEAD) from its DVC remote.
     """
 
-    kermany_dir: str | None = None
-    cohen_dirs: tuple[str, ...] = ()
-    registry: str | None = None
-    version: str | None = None
-    synth: SynthParams = field(default_factory=SynthParams)
+    sources: dict[str, tuple[StrictStr, ...]] = Field(default_factory=dict)
+    registry: StrictStr | None = None
+    version: StrictStr | None = None
+    synth: SynthParams = Field(default_factory=SynthParams)
 
-    def __post_init__(self) -> None:
-        if self.registry is not None:
-            _check(
-                self.kermany_dir is not None or bool(self.cohen_dirs),
-                "data.registry",
-                "needs data.kermany_dir and/or data.cohen_dirs (paths inside the registry)",
+    @model_validator(mode="after")
+    def _check(self) -> DataParams:
+        for name, roots in self.sources.items():
+            if not re.match(_NAME, name):
+                raise _fail(f"data.sources.{name}", "a source name is lower_snake_case")
+            if not roots:
+                raise _fail(f"data.sources.{name}", "list at least one root (or remove the key)")
+        if self.registry is not None and not self.sources:
+            raise _fail("data.registry", "needs data.sources (paths inside the registry)")
+        if self.version is not None and self.registry is None:
+            raise _fail(
+                "data.version",
+                "pins a version of a data registry, but data.registry is not set "
+                "(set data.registry to the DVC data registry's git URL or path)",
             )
-        if self.version is not None:
-            _check(self.registry is not None, "data.version", "needs data.registry")
+        return self
 
     @property
     def source_paths(self) -> list[str]:
-        """The configured source roots: the Kermany dir (if any), then the Cohen dirs."""
-        return [p for p in (self.kermany_dir, *self.cohen_dirs) if p]
+        """Every configured root, sources in their configured order."""
+        return [root for roots in self.sources.values() for root in roots]
+
+    @property
+    def is_phantom(self) -> bool:
+        """True when no source is configured (ingest generates phantom data)."""
+        return not self.sources
 
 
-@dataclass(frozen=True)
-class CohenFilter:
-    """Which rows of Cohen's ``metadata.csv`` count as COVID-19 frontal chest X-rays."""
+class CohenFilter(_Section):
+    """Which rows of Cohen's ``metadata.csv`` count as COVID-19 frontal chest X-rays.
 
-    finding_contains: str = "COVID-19"
-    modalities: tuple[str, ...] = ("X-ray",)
-    views: tuple[str, ...] = ("PA", "AP", "AP Supine", "AP semi erect", "AP erect")
+    Findings match case-insensitively; views and modalities are compared with spaces trimmed.
+    """
+
+    finding_contains: StrictStr = "COVID-19"
+    modalities: tuple[StrictStr, ...] = ("X-ray",)
+    views: tuple[StrictStr, ...] = ("PA", "AP", "AP Supine", "AP semi erect", "AP erect")
 
 
-@dataclass(frozen=True)
-class IngestParams:
+class IngestParams(_Section):
     """Ingest: decoding limits, duplicate detection, parallelism."""
 
-    cohen: CohenFilter = field(default_factory=CohenFilter)
-    min_side: int = 32
-    max_pixels: int = 40_000_000
-    phash_distance: int = 4
-    workers: int = 0
-    chunk_size: int = 256
-
-    def __post_init__(self) -> None:
-        _check(self.min_side >= 1, "ingest.min_side", "must be >= 1")
-        _check(self.max_pixels >= 1024, "ingest.max_pixels", "must be >= 1024")
-        _check(0 <= self.phash_distance <= 32, "ingest.phash_distance", "must be in [0, 32]")
-        _check(self.workers >= 0, "ingest.workers", "must be >= 0 (0 = one per core)")
-        _check(self.chunk_size >= 1, "ingest.chunk_size", "must be >= 1")
+    cohen: CohenFilter = Field(default_factory=CohenFilter)
+    min_side: PositiveInt = 32
+    max_pixels: Annotated[StrictInt, Field(ge=1024)] = 40_000_000
+    phash_distance: Annotated[StrictInt, Field(ge=0, le=32)] = 4
+    workers: Annotated[StrictInt, Field(ge=0)] = 0
+    chunk_size: PositiveInt = 256
 
 
-@dataclass(frozen=True)
-class ValidateParams:
+class ValidateParams(_Section):
     """Great Expectations gate thresholds."""
 
-    min_per_class: int = 20
-    min_side: int = 32
-    max_side: int = 8192
-    balance_tolerance: float = 0.25
+    min_per_class: PositiveInt = 20
+    min_side: PositiveInt = 32
+    max_side: PositiveInt = 8192
+    balance_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
 
-    def __post_init__(self) -> None:
-        _check(self.min_per_class >= 1, "validate.min_per_class", "must be >= 1")
-        _check(1 <= self.min_side <= self.max_side, "validate.min_side", "1 <= min <= max")
-        _check(
-            0.0 <= self.balance_tolerance <= 1.0, "validate.balance_tolerance", "must be in [0, 1]"
-        )
+    @model_validator(mode="after")
+    def _sides(self) -> ValidateParams:
+        if self.min_side > self.max_side:
+            raise _fail("validate.min_side", "must be <= validate.max_side")
+        return self
 
 
-@dataclass(frozen=True)
-class SplitParams:
+class SplitParams(_Section):
     """Undersampling and patient-grouped train/val/test split (paper: 80/20 then 87.5/12.5)."""
 
-    dataset_1_counts: Mapping[str, int] = field(
+    dataset_1_counts: dict[str, PositiveInt] = Field(
         default_factory=lambda: {"normal": 544, "bacterial": 500, "covid": 456}
     )
-    dataset_0_max_per_class: int | None = None
-    test_fraction: float = 0.2
-    val_fraction: float = 0.125
-    seed: int = 42
+    dataset_0_max_per_class: PositiveInt | None = None
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.125
+    seed: StrictInt = 42
 
-    def __post_init__(self) -> None:
-        _check(
-            set(self.dataset_1_counts) == set(DATASET_1_CLASSES),
-            "split.dataset_1_counts",
-            f"keys must be exactly {list(DATASET_1_CLASSES)}",
-        )
-        for k, v in self.dataset_1_counts.items():
-            _check(v >= 1, f"split.dataset_1_counts.{k}", "must be >= 1")
-        if self.dataset_0_max_per_class is not None:
-            _check(self.dataset_0_max_per_class >= 1, "split.dataset_0_max_per_class", ">= 1")
-        _check(0.0 < self.test_fraction < 1.0, "split.test_fraction", "must be in (0, 1)")
-        _check(0.0 < self.val_fraction < 1.0, "split.val_fraction", "must be in (0, 1)")
+    @field_validator("dataset_1_counts")
+    @classmethod
+    def _classes(cls, value: dict[str, int]) -> dict[str, int]:
+        if set(value) != set(DATASET_1_CLASSES):
+            raise _fail("split.dataset_1_counts", f"keys must be exactly {list(DATASET_1_CLASSES)}")
+        return value
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    """Training hyper-parameters shared by all four models (paper section 4.1)."""
+class TrainParams(_Section):
+    """Training hyper-parameters shared by all models (paper section 4.1)."""
 
-    image_size: int = 224
-    batch_size: int = 20
-    epochs: int = 500
-    patience: int = 10
-    learning_rate: float = 1e-3
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    reduce_lr_factor: float = 0.1
-    reduce_lr_patience: int = 5
-    fine_tune_learning_rate: float = 1e-4
-    class_weights: bool = False
-    seed: int = 1234
-
-    def __post_init__(self) -> None:
-        _check(32 <= self.image_size <= 1024, "train.image_size", "must be in [32, 1024]")
-        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
-        _check(self.patience >= 1, "train.patience", "must be >= 1")
-        _check(0 < self.learning_rate < 1, "train.learning_rate", "must be in (0, 1)")
-        _check(0 < self.fine_tune_learning_rate < 1, "train.fine_tune_learning_rate", "(0, 1)")
-        _check(0 <= self.beta_1 < 1, "train.beta_1", "must be in [0, 1)")
-        _check(0 <= self.beta_2 < 1, "train.beta_2", "must be in [0, 1)")
-        _check(0 < self.reduce_lr_factor < 1, "train.reduce_lr_factor", "must be in (0, 1)")
-        _check(self.reduce_lr_patience >= 1, "train.reduce_lr_patience", "must be >= 1")
+    image_size: Annotated[StrictInt, Field(ge=32, le=1024)] = 224
+    batch_size: PositiveInt = 20
+    epochs: PositiveInt = 500
+    patience: PositiveInt = 10
+    learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-3
+    beta_1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    beta_2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999
+    reduce_lr_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    reduce_lr_patience: PositiveInt = 5
+    fine_tune_learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-4
+    class_weights: StrictBool = False
+    seed: StrictInt = 1234
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One of the paper's four models."""
+class ModelSpec(_Section):
+    """One model: which dataset, which architecture, how it starts.
 
-    dataset: Literal["dataset_0", "dataset_1"]
-    architecture: Literal["small_cnn", "resnet50"]
-    init: Literal["scratch", "model_0", "imagenet"] = "scratch"
-    unfreeze_last: int | None = None
-    weights_path: str | None = None
+    ``init`` is ``scratch`` (random), ``imagenet`` (weights from ``weights_path``) or the key of
+    another model to transfer from (its trained weights; same architecture). What each
+    architecture allows is its own rule (:mod:`cxrflow.models`).
+    """
 
-    def __post_init__(self) -> None:
-        if self.unfreeze_last is not None:
-            _check(self.unfreeze_last >= 0, "models.*.unfreeze_last", "must be >= 0 or null (all)")
+    dataset: StrictStr
+    architecture: StrictStr
+    init: StrictStr = INIT_SCRATCH
+    unfreeze_last: Annotated[StrictInt, Field(ge=0)] | None = None
+    weights_path: StrictStr | None = None
+
+    @property
+    def init_kind(self) -> str:
+        """``scratch``, ``imagenet`` or ``transfer`` (from another model's weights)."""
+        from cxrflow.models import init_kind
+
+        return init_kind(self.init)
+
+    @property
+    def base_model_key(self) -> str | None:
+        """The model this one transfers from, or None."""
+        return None if self.init_kind != "transfer" else self.init
 
 
-def _default_models() -> dict[str, ModelSpec]:
+def _paper_models() -> dict[str, ModelSpec]:
     return {
-        "model_0": ModelSpec("dataset_0", "small_cnn", "scratch"),
-        "model_1": ModelSpec("dataset_1", "small_cnn", "scratch"),
-        "model_2": ModelSpec("dataset_1", "small_cnn", "model_0", None),
-        "model_3": ModelSpec("dataset_1", "resnet50", "imagenet", 11),
+        "model_0": ModelSpec(dataset="dataset_0", architecture="small_cnn"),
+        "model_1": ModelSpec(dataset="dataset_1", architecture="small_cnn"),
+        "model_2": ModelSpec(dataset="dataset_1", architecture="small_cnn", init="model_0"),
+        "model_3": ModelSpec(
+            dataset="dataset_1", architecture="resnet50", init=INIT_IMAGENET, unfreeze_last=11
+        ),
     }
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateParams(_Section):
     """Evaluation: latency measurement."""
 
-    latency_samples: int = 50
-    latency_warmup: int = 3
-
-    def __post_init__(self) -> None:
-        _check(self.latency_samples >= 1, "evaluate.latency_samples", "must be >= 1")
-        _check(self.latency_warmup >= 0, "evaluate.latency_warmup", "must be >= 0")
+    latency_samples: PositiveInt = 50
+    latency_warmup: Annotated[StrictInt, Field(ge=0)] = 3
 
 
-@dataclass(frozen=True)
-class RegisterParams:
+REGISTER_METRICS: tuple[str, ...] = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+
+
+class RegisterParams(_Section):
     """Model registry: which models compete, on which metric, under which name and alias."""
 
-    model_name: str = "cxrflow-covid-cxr"
-    alias: str = "champion"
-    metric: str = "f1_macro"
-    candidates: tuple[str, ...] = ("model_1", "model_2", "model_3")
+    model_name: StrictStr = "cxrflow-covid-cxr"
+    alias: StrictStr = "champion"
+    metric: Literal["accuracy", "precision_macro", "recall_macro", "f1_macro"] = "f1_macro"
+    candidates: tuple[StrictStr, ...] = ("model_1", "model_2", "model_3")
 
-    def __post_init__(self) -> None:
-        for c in self.candidates:
-            _check(c in MODEL_KEYS, "register.candidates", f"unknown model key {c!r}")
-        _check(bool(self.candidates), "register.candidates", "must not be empty")
-        _check(
-            self.metric in ("accuracy", "precision_macro", "recall_macro", "f1_macro"),
-            "register.metric",
-            "must be accuracy, precision_macro, recall_macro or f1_macro",
-        )
-        _check(
-            self.alias.lower() not in ("staging", "production", "archived", "none"),
-            "register.alias",
-            "stage names are deprecated in MLflow; use an alias",
-        )
+    @field_validator("alias")
+    @classmethod
+    def _no_stage(cls, value: str) -> str:
+        if value.lower() in ("staging", "production", "archived", "none"):
+            raise _fail("register.alias", "stage names are deprecated in MLflow; use an alias")
+        return value
+
+    @field_validator("candidates")
+    @classmethod
+    def _some(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise _fail("register.candidates", "must not be empty")
+        return value
 
 
-@dataclass(frozen=True)
-class TrackingParams:
+class TrackingParams(_Section):
     """MLflow experiment. The tracking URI comes from the environment, never from here."""
 
-    experiment_name: str = "cxrflow"
+    experiment_name: StrictStr = "cxrflow"
 
 
-@dataclass(frozen=True)
-class Params:
-    """All of cxrflow's configuration, one section per step."""
+# ``validate`` and ``register`` are step names, so they are section names too, though they
+# shadow BaseModel.validate (deprecated) and ABCMeta.register: instance values win, and the
+# class attributes are never used on params.
+warnings.filterwarnings("ignore", message=r'Field name "(validate|register)" in "Params"')
 
-    data: DataParams = field(default_factory=DataParams)
-    ingest: IngestParams = field(default_factory=IngestParams)
-    validate: ValidateParams = field(default_factory=ValidateParams)
-    split: SplitParams = field(default_factory=SplitParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    models: Mapping[str, ModelSpec] = field(default_factory=_default_models)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    register: RegisterParams = field(default_factory=RegisterParams)
-    tracking: TrackingParams = field(default_factory=TrackingParams)
-    profile: str = "paper"
 
-    def __post_init__(self) -> None:
-        _check(
-            tuple(sorted(self.models)) == MODEL_KEYS,
-            "models",
-            f"must define exactly {list(MODEL_KEYS)}",
-        )
-        for key in ("model_0",):
-            _check(self.models[key].dataset == "dataset_0", f"models.{key}.dataset", "dataset_0")
+class Params(_Section):
+    """All of cxrflow's configuration for one run, one section per step, profile applied."""
+
+    data: DataParams = Field(default_factory=DataParams)
+    ingest: IngestParams = Field(default_factory=IngestParams)
+    validate: ValidateParams = Field(default_factory=ValidateParams)  # type: ignore[assignment]
+    split: SplitParams = Field(default_factory=SplitParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    models: dict[str, ModelSpec] = Field(default_factory=_paper_models)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    register: RegisterParams = Field(default_factory=RegisterParams)  # type: ignore[assignment]
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    profile: StrictStr = PAPER
+
+    @model_validator(mode="after")
+    def _models(self) -> Params:
+        if not self.models:
+            raise _fail("models", "define at least one model")
         for key, spec in self.models.items():
-            if spec.init == "model_0":
-                _check(
-                    spec.architecture == "small_cnn",
-                    f"models.{key}.init",
-                    "transfer from model_0 needs architecture small_cnn",
+            _check_model(key, spec, self.models)
+        self.model_keys  # noqa: B018 - raises on a transfer cycle
+        for c in self.register.candidates:
+            if c not in self.models:
+                raise _fail(
+                    "register.candidates", f"unknown model key {c!r}; models: {list(self.models)}"
                 )
-            if spec.init == "imagenet":
-                _check(
-                    spec.architecture == "resnet50",
-                    f"models.{key}.init",
-                    "imagenet init needs architecture resnet50",
-                )
+        return self
+
+    @property
+    def model_keys(self) -> tuple[str, ...]:
+        """Model keys in training order: a transfer target after the model it starts from."""
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(key: str) -> None:
+            if key in order:
+                return
+            if key in visiting:
+                raise _fail(f"models.{key}.init", "transfer chain forms a cycle")
+            visiting.add(key)
+            base = self.models[key].base_model_key
+            if base is not None:
+                visit(base)
+            visiting.discard(key)
+            order.append(key)
+
+        for key in sorted(self.models):
+            visit(key)
+        return tuple(order)
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """This run's steps in topological order: data steps, the models, evaluate, register."""
+        return (*DATA_STEPS, *self.model_keys, *FINAL_STEPS)
+
+
+def _check_model(key: str, spec: ModelSpec, models: Mapping[str, ModelSpec]) -> None:
+    from cxrflow.models import ARCHITECTURES
+
+    where = f"models.{key}"
+    if not re.match(_NAME, key) or key in _RESERVED_MODEL_KEYS:
+        raise _fail(
+            where, f"a model key is lower_snake_case and not one of {sorted(_RESERVED_MODEL_KEYS)}"
+        )
+    if spec.dataset not in DATASETS:
+        raise _fail(
+            f"{where}.dataset", f"unknown dataset {spec.dataset!r}; known: {list(DATASETS)}"
+        )
+    arch = ARCHITECTURES.get(spec.architecture)
+    if arch is None:
+        raise _fail(
+            f"{where}.architecture",
+            f"unknown architecture {spec.architecture!r}; known: {sorted(ARCHITECTURES)}",
+        )
+    kind = spec.init_kind
+    if kind == "transfer":
+        base = models.get(spec.init)
+        if base is None:
+            raise _fail(
+                f"{where}.init",
+                f"{spec.init!r} is neither scratch, imagenet nor a model key ({list(models)})",
+            )
+        if base.architecture != spec.architecture:
+            raise _fail(
+                f"{where}.init",
+                f"transfer from {spec.init} needs architecture {base.architecture}",
+            )
+    if not arch.supports_init(kind):
+        raise _fail(
+            f"{where}.init", f"architecture {spec.architecture} does not support {kind} init"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
-# Generic dict -> dataclass conversion with key-naming errors
+# Resolution: params.yaml + profile + overrides -> Params
 
 
-def _convert(tp: Any, value: Any, key: str, kfp: bool = False) -> Any:
-    """Check and convert ``value`` to ``tp``; ``kfp``: see :func:`params_from_sections`."""
-    origin = get_origin(tp)
-    args = get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (kfp and value == "" and type(None) in args):
-            _check(type(None) in args, key, "must not be null")
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return _convert(a, value, key, kfp)
-            except ParamsError as exc:
-                errors.append(str(exc))
-        raise ParamsError(errors[0])
-    if origin is Literal:
-        _check(value in args, key, f"must be one of {list(args)}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        _check(isinstance(value, Mapping), key, f"must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, key, kfp)
-    if origin in (tuple,):
-        _check(isinstance(value, list | tuple), key, "must be a list")
-        return tuple(_convert(args[0], v, f"{key}[{i}]", kfp) for i, v in enumerate(value))
-    if origin in (dict, Mapping) or tp in (dict, Mapping):
-        _check(isinstance(value, Mapping), key, "must be a mapping")
-        vt = args[1] if args else Any
-        return types.MappingProxyType(
-            {str(k): _convert(vt, v, f"{key}.{k}", kfp) for k, v in value.items()}
-        )
-    if tp is bool:
-        _check(isinstance(value, bool), key, f"must be true/false, got {value!r}")
-        return value
-    if tp is int:
-        if kfp and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        _check(
-            isinstance(value, int) and not isinstance(value, bool),
-            key,
-            f"must be an integer, got {value!r}",
-        )
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        _check(
-            isinstance(value, int | float) and not isinstance(value, bool),
-            key,
-            f"must be a number, got {value!r}",
-        )
-        return float(value)
-    if tp is str:
-        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
-        return value
-    raise ParamsError(f"params: {key}: unsupported type {tp!r}")  # pragma: no cover
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "", kfp: bool = False) -> Any:
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in data:
-        if k not in names:
-            dotted = f"{prefix}.{k}" if prefix else str(k)
-            raise ParamsError(f"params: {dotted}: unknown key (allowed: {sorted(names)})")
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        dotted = f"{prefix}.{f.name}" if prefix else f.name
-        tp = hints[f.name]
-        if cls is Params and f.name == "models":
-            value = data[f.name]
-            _check(isinstance(value, Mapping), dotted, "must be a mapping")
-            defaults = _default_models()
-            built = {}
-            for mk, mv in value.items():
-                _check(mk in MODEL_KEYS, f"models.{mk}", f"unknown model key; use {MODEL_KEYS}")
-                merged = {**_to_plain(defaults[mk]), **(mv or {})}
-                built[mk] = _build(ModelSpec, merged, f"models.{mk}", kfp)
-            for mk in MODEL_KEYS:
-                built.setdefault(mk, defaults[mk])
-            kwargs[f.name] = types.MappingProxyType(built)
-            continue
-        kwargs[f.name] = _convert(tp, data[f.name], dotted, kfp)
-    return cls(**kwargs)
-
-
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], prefix: str = "") -> dict:
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` merged into ``base``: mappings recursively, anything else replaced."""
     out = dict(base)
     for k, v in override.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _deep_merge(out[k], v, f"{prefix}{k}.")
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out
 
 
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, tuple | list):
-        return [_to_plain(v) for v in obj]
-    return obj
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=20"`` -> ``("train.epochs", 20)``; the value is read as YAML.
+
+    Raises:
+        ParamsError: Not ``KEY=VALUE``, or a value YAML cannot read.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not all(re.match(r"^[A-Za-z0-9_]+$", p) for p in key.split(".")):
+        raise ParamsError(f"params: override {text!r}: expected KEY=VALUE, e.g. train.epochs=20")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"params: {key}: cannot read value {raw!r} as YAML ({exc})") from None
+    return key, value
 
 
-def params_from_dict(raw: Mapping[str, Any], profile: str = "paper") -> Params:
-    """Build :class:`Params` from a raw mapping (the content of ``params.yaml``).
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    head, _, rest = key.partition(".")
+    out = dict(raw)
+    if rest:
+        inner = out.get(head)
+        if inner is not None and not isinstance(inner, Mapping):
+            raise _fail(head, f"is not a section; cannot set {key}")
+        out[head] = _set_dotted(dict(inner or {}), rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def _with_default_models(raw: dict[str, Any]) -> dict[str, Any]:
+    """A partial entry for one of the paper's models (``models: {model_3: {weights_path: x}}``)
+    completes that model's defaults; the other default models stay. Sections need no such help:
+    their missing keys take the field defaults."""
+    models = raw.get("models")
+    if not isinstance(models, Mapping):
+        return raw
+    paper = {k: v.model_dump(mode="json") for k, v in _paper_models().items()}
+    merged = dict(paper)
+    for key, entry in models.items():
+        merged[key] = deep_merge(paper.get(key, {}), entry) if isinstance(entry, Mapping) else entry
+    return {**raw, "models": merged}
+
+
+def params_from_dict(
+    raw: Mapping[str, Any],
+    profile: str | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    context: Mapping[str, Any] | None = None,
+) -> Params:
+    """Resolve a raw mapping (the content of ``params.yaml``) into :class:`Params`.
 
     Args:
-        raw: Mapping with optional ``profiles`` section.
-        profile: ``paper`` (no override) or a profile name under ``profiles``.
-
-    Returns:
-        The frozen, validated params.
+        raw: The file's content, with an optional ``profiles`` section and ``profile`` key (the
+            selected profile). A mapping without ``profiles`` is taken as already resolved: its
+            ``profile`` is then only the label of how it was resolved.
+        profile: Overrides the file's ``profile`` key (``paper`` applies no profile).
+        overrides: ``KEY=VALUE`` strings applied last (see :func:`parse_override`).
+        context: Validation context (``{"kfp": True}`` at the KFP boundary only).
 
     Raises:
         ParamsError: Unknown key, unknown profile or invalid value, naming the dotted key.
     """
     raw = dict(raw)
-    profiles = raw.pop("profiles", {}) or {}
-    _check(isinstance(profiles, Mapping), "profiles", "must be a mapping")
-    raw.pop("profile", None)
-    if profile != "paper":
-        _check(
-            profile in profiles,
-            "profile",
-            f"unknown profile {profile!r}; available: {['paper', *profiles]}",
-        )
-        raw = _deep_merge(raw, profiles[profile])
-    raw["profile"] = profile
-    return _build(Params, raw)
+    resolved = "profiles" not in raw
+    profiles = raw.pop("profiles", None) or {}
+    if not isinstance(profiles, Mapping):
+        raise _fail("profiles", "must be a mapping")
+    chosen = profile if profile is not None else raw.get("profile", PAPER)
+    if not isinstance(chosen, str):
+        raise _fail("profile", f"must be a profile name, got {chosen!r}")
+    if chosen != PAPER and not (resolved and profile is None):
+        if chosen not in profiles:
+            raise _fail("profile", f"unknown profile {chosen!r}; available: {[PAPER, *profiles]}")
+        raw = deep_merge(raw, profiles[chosen])
+    raw["profile"] = chosen
+    for item in overrides:
+        key, value = parse_override(item)
+        raw = _set_dotted(raw, key, value)
+    merged = _with_default_models(raw)
+    try:
+        return Params.model_validate(merged, context=dict(context or {}))
+    except ValidationError as exc:
+        raise ParamsError(_format_errors(exc)) from None
 
 
-def load_params(path: str | Path = "params.yaml", profile: str = "paper") -> Params:
-    """Load and validate ``params.yaml`` (optionally applying a profile).
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ParamsError):
+            lines.append(str(cause))
+            continue
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in err and err["type"] not in ("missing",):
+            msg = f"{msg}, got {err['input']!r}"
+        lines.append(f"params: {key}: {msg}")
+    return "; ".join(dict.fromkeys(lines))
 
-    Args:
-        path: Path to the YAML file.
-        profile: ``paper`` (defaults), ``demo`` or ``smoke``.
-    """
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a params file (``ParamsError`` if missing or not a mapping)."""
     p = Path(path)
     if not p.is_file():
-        raise ParamsError(f"params: file not found: {p}")
+        raise ParamsError(
+            f"params: file not found: {p} (run from the project root or pass --params)"
+        )
     raw = yaml.safe_load(p.read_text()) or {}
-    _check(isinstance(raw, Mapping), str(p), "top level must be a mapping")
-    return params_from_dict(raw, profile)
+    if not isinstance(raw, Mapping):
+        raise _fail(str(p), "top level must be a mapping")
+    return dict(raw)
+
+
+def load_params(
+    path: str | Path = "params.yaml", profile: str | None = None, overrides: Iterable[str] = ()
+) -> Params:
+    """Load ``params.yaml`` and resolve it: profile (argument, else the file's ``profile``), then
+    ``overrides``. This is the one place configuration is resolved.
+    """
+    return params_from_dict(read_params_file(path), profile, overrides)
+
+
+def params_from_kfp(value: Mapping[str, Any]) -> Params:
+    """Params from a KFP pipeline parameter (the resolved configuration as a dict).
+
+    KFP carries numbers as floats and cannot carry null, so here, and only here, an integral
+    float reads as an integer and ``""`` as null where a field may be null.
+    """
+    raw = dict(value)
+    raw.pop("profiles", None)
+    return params_from_dict(raw, None, (), context={"kfp": True})
+
+
+def params_to_dict(params: BaseModel) -> dict[str, Any]:
+    """Plain, JSON-able nested dict (section names as in params.yaml)."""
+    return params.model_dump(mode="json")
 
 
 def nulls_to_empty(obj: Any) -> Any:
@@ -474,38 +584,67 @@ def nulls_to_empty(obj: Any) -> Any:
     return "" if obj is None else obj
 
 
-def params_to_dict(params: Any) -> Any:
-    """Plain (JSON-able) nested dict of a params dataclass."""
-    return _to_plain(params)
+def params_to_kfp(params: Params) -> dict[str, Any]:
+    """The resolved configuration as a KFP parameter value (nulls as ``""``)."""
+    return typing.cast(dict[str, Any], nulls_to_empty(params_to_dict(params)))
 
 
-def params_from_sections(sections: Mapping[str, Any]) -> Params:
-    """Rebuild :class:`Params` from a mapping of section dicts (as passed to KFP steps).
+def params_to_yaml(params: Params) -> str:
+    """The resolved configuration as YAML (no ``profiles``: loading it applies nothing)."""
+    head = (
+        f"# cxrflow resolved params (profile {params.profile}, hash {params_hash(params)}).\n"
+        "# Generated from params.yaml; edit params.yaml, not this file.\n"
+    )
+    return head + yaml.safe_dump(params_to_dict(params), sort_keys=False)
 
-    KFP parameters cannot hold null and carry every number as a float (protobuf ``Struct``), so
-    here, and only here, ``""`` reads as null where a field may be null and an integral float
-    as an int. ``params.yaml`` itself is read strictly.
-    """
-    return _build(Params, dict(sections), kfp=True)
 
-
-def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
+def flatten_params(params: BaseModel | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten to ``{"train.batch_size": "20", ...}`` for MLflow params."""
-    plain = _to_plain(params)
+    plain = params_to_dict(params) if isinstance(params, BaseModel) else dict(params)
     out: dict[str, str] = {}
 
     def walk(node: Any, pre: str) -> None:
-        if isinstance(node, dict):
+        if isinstance(node, dict) and node:
             for k, v in node.items():
                 walk(v, f"{pre}.{k}" if pre else k)
         else:
-            out[pre] = json.dumps(node) if isinstance(node, list) else str(node)
+            out[pre] = json.dumps(node) if isinstance(node, list | dict) else str(node)
 
     walk(plain, prefix)
     return out
 
 
-def params_hash(params: Any) -> str:
-    """Stable short hash of a params object (for tags and cache keys)."""
-    blob = json.dumps(_to_plain(params), sort_keys=True).encode()
+def params_hash(params: Params) -> str:
+    """Stable short hash of the resolved configuration (tags, cache keys, file names)."""
+    blob = json.dumps(params_to_dict(params), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def params_json_schema() -> dict[str, Any]:
+    """JSON Schema of ``params.yaml`` (sections, plus ``profile`` and ``profiles``), for editors."""
+    schema = Params.model_json_schema(mode="validation")
+    props = schema.setdefault("properties", {})
+    props["profiles"] = {
+        "type": "object",
+        "description": "Named partial overrides of the sections above (e.g. demo, smoke).",
+        "additionalProperties": {"type": "object"},
+    }
+    props["profile"] = {
+        "type": "string",
+        "default": PAPER,
+        "description": "The selected profile (paper applies none).",
+    }
+    schema["title"] = "cxrflow params.yaml"
+    return schema
+
+
+def model_dataset_classes(spec: ModelSpec) -> tuple[str, ...]:
+    """The classes a model's dataset has, in output order."""
+    return DATASETS[spec.dataset]
+
+
+def check_model_key(params: Params, key: str) -> ModelSpec:
+    """The spec of ``key`` or a ParamsError naming the known keys."""
+    if key not in params.models:
+        raise _fail(f"models.{key}", f"unknown model key; params define {list(params.model_keys)}")
+    return params.models[key]

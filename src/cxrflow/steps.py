@@ -1,8 +1,10 @@
-"""The nine pipeline steps as plain functions over directories.
+"""The pipeline steps as plain functions over directories.
 
-These are what the CLI, the DVC stages and the KFP components call: each reads its inputs
-from directories, calls the pure library functions, writes its outputs to ``out_dir`` and
-records what it did in MLflow. Step names are :data:`cxrflow.config.STEPS`.
+These are what the CLI, the DVC stages and the KFP components call: each takes the whole
+resolved :class:`~cxrflow.config.Params`, reads its inputs from directories, calls the pure
+library functions, writes its outputs to ``out_dir`` and records what it did in MLflow. Every
+MLflow run of one pipeline run (the parent and each model's nested run) logs the same flattened
+params and the same params hash. Step names are ``Params.steps``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrflow.config import DATASETS, Params, flatten_params, params_hash
+from cxrflow.jsonio import write_json_atomic
+from cxrflow.logs import emit_progress, emit_summary
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,8 @@ MODEL_FILE = "model.keras"
 MODEL_INFO_FILE = "model_info.json"
 METRICS_FILE = "metrics.json"
 REGISTERED_FILE = "registered.json"
+TAG_STEP_DONE = "cxrflow.step_done."
+TAG_FAILED_STEP = "cxrflow.failed_step"
 
 
 @dataclass(frozen=True)
@@ -46,13 +52,6 @@ def _to_jsonable(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         return json.loads(json.dumps(asdict(obj), default=str))
     return obj
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
 
 
 def read_provenance(dataset_dir: str | Path) -> Provenance:
@@ -90,78 +89,98 @@ def _parent_run(params: Params, prov: Provenance) -> str:
     )
 
 
-def step_params(profile: str, **sections: Mapping[str, Any]) -> Params:
-    """Params of one step from the section dicts a KFP component receives; sets up logging.
+def _step_done(parent: str, step: str) -> None:
+    from cxrflow import tracking
 
-    Example: ``step_params(profile, validate=validate_params, tracking=tracking_params)``.
-    Sections a step does not receive keep their defaults (the step does not read them).
+    tracking.set_tags(parent, {TAG_STEP_DONE + step: "true"})
+
+
+def _data_source(prov: Provenance) -> dict[str, Any]:
+    return {
+        "data_version": prov.data_version,
+        "registry": prov.sources.get("registry"),
+        "registry_commit": prov.sources.get("registry_commit"),
+        "roots": prov.sources.get("roots"),
+        "origin": prov.origin,
+        "pipeline_run_id": prov.pipeline_run_id,
+    }
+
+
+def step_params(params: Mapping[str, Any]) -> Params:
+    """The resolved configuration a KFP component receives, as :class:`Params`; sets up logging.
+
+    Every component receives the whole configuration resolved when the pipeline was compiled or
+    submitted (one ``params`` parameter): no step sees defaults for sections it does not read.
     """
-    from cxrflow.config import params_from_sections
+    from cxrflow.config import params_from_kfp
     from cxrflow.logs import setup_logging
 
     setup_logging()
-    return params_from_sections({**sections, "profile": profile})
+    return params_from_kfp(params)
+
+
+def new_pipeline_run_id() -> str:
+    """A fresh id grouping the MLflow runs of one local (non-KFP) pipeline run."""
+    return f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
 # ------------------------------------------------------------------------------------ ingest
 
 
 def run_ingest(
-    params: Params,
-    out_dir: str | Path,
-    pipeline_run_id: str | None = None,
-    data_version: str = "",
+    params: Params, out_dir: str | Path, pipeline_run_id: str | None = None
 ) -> dict[str, Any]:
     """Step ``ingest``: build the manifest from the configured sources (or phantom data).
 
-    Reads params ``data``, ``ingest``. With no Kermany and no Cohen directory configured,
-    generates phantom data first and labels everything ``origin=phantom``.
+    Reads params ``data``, ``ingest``. With no source configured, generates phantom data first
+    and labels everything ``origin=phantom``. With ``data.registry`` the sources are read at
+    ``data.version`` from the registry's DVC remote.
     """
     from cxrflow import tracking
     from cxrflow.data.ingest import ingest
     from cxrflow.data.manifest import manifest_hash, read_manifest
+    from cxrflow.data.synthetic import is_phantom
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_id = pipeline_run_id or f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    run_id = pipeline_run_id or new_pipeline_run_id()
     data = params.data
     dvc_hashes: dict[str, str] = {}
     commit = ""
     with tempfile.TemporaryDirectory(prefix="cxrflow-raw-") as tmp:
+        roots: dict[str, list[Path]]
         if data.registry is not None:
             from cxrflow.data.versions import materialize
 
-            rev = data_version or data.version
-            log.info("reading %s at %s from its DVC remote", data.registry, rev or "HEAD")
-            local, dv = materialize(data.registry, rev, data.source_paths, Path(tmp))
-            kermany = local[data.kermany_dir] if data.kermany_dir else None
-            cohen = tuple(local[c] for c in data.cohen_dirs)
+            log.info("reading %s at %s from its DVC remote", data.registry, data.version or "HEAD")
+            local, dv = materialize(data.registry, data.version, data.source_paths, Path(tmp))
+            roots = {name: [local[r] for r in rs] for name, rs in data.sources.items()}
             dvc_hashes = dict(dv.dvc_hashes)
             commit = dv.commit
             version = f"{dv.rev}@{dv.commit[:12]}" if dv.rev != dv.commit else dv.commit
-        elif data.kermany_dir is None and not data.cohen_dirs:
+        elif data.is_phantom:
             from cxrflow.data.synthetic import generate_phantom
 
             log.warning(
-                "no data configured (data.kermany_dir / data.cohen_dirs): "
-                "generating PHANTOM (synthetic) data; results say nothing clinical"
+                "no data configured (data.sources): generating PHANTOM (synthetic) data; "
+                "results say nothing clinical"
             )
-            summary = generate_phantom(Path(tmp), data.synth)
-            kermany = summary.kermany_dir
-            cohen = (summary.cohen_dir,)
-            version = data_version or f"phantom-seed{data.synth.seed}"
+            roots = {
+                k: [Path(r) for r in v]
+                for k, v in generate_phantom(Path(tmp), data.synth).sources.items()
+            }
+            version = f"phantom-seed{data.synth.seed}"
         else:
-            kermany = Path(data.kermany_dir) if data.kermany_dir else None
-            cohen = tuple(Path(c) for c in data.cohen_dirs)
-            version = data_version or "unversioned"
-        from cxrflow.data.synthetic import is_phantom
-
-        roots = [r for r in (kermany, *cohen) if r is not None]
-        origin = "phantom" if roots and all(is_phantom(r) for r in roots) else "real"
-        if origin == "real" and any(is_phantom(r) for r in roots):
-            raise ValueError(f"mixing phantom and real sources is not allowed: {roots}")
-        report = ingest(out, params.ingest, kermany_dir=kermany, cohen_dirs=cohen, origin=origin)
-    mhash = manifest_hash(read_manifest(out))
+            roots = {name: [Path(r) for r in rs] for name, rs in data.sources.items()}
+            version = "unversioned"
+        flat = [r for rs in roots.values() for r in rs]
+        origin = "phantom" if flat and all(is_phantom(r) for r in flat) else "real"
+        if origin == "real" and any(is_phantom(r) for r in flat):
+            raise ValueError(f"mixing phantom and real sources is not allowed: {flat}")
+        pairs = [(name, r) for name, rs in roots.items() for r in rs]
+        report = ingest(out, params.ingest, sources=pairs, origin=origin)
+    manifest = read_manifest(out)
+    mhash = manifest_hash(manifest)
     prov = Provenance(
         pipeline_run_id=run_id,
         data_version=version,
@@ -169,25 +188,47 @@ def run_ingest(
         origin=origin,
         profile=params.profile,
         sources={
-            "kermany_dir": data.kermany_dir,
-            "cohen_dirs": list(data.cohen_dirs),
+            "roots": {k: list(v) for k, v in data.sources.items()},
             "registry": data.registry,
             "registry_commit": commit,
             "dvc_hashes": dvc_hashes,
             "phantom_seed": data.synth.seed if origin == "phantom" and not data.registry else None,
         },
     )
-    _write_json(out / PROVENANCE_FILE, asdict(prov))
+    write_json_atomic(out / PROVENANCE_FILE, asdict(prov))
     report_dict = _to_jsonable(report)
     parent = _parent_run(params, prov)
-    tags = {tracking.TAG_STEP + ".ingest": "done"}
+    tags: dict[str, str] = {}
     if data.registry:
         tags |= {"cxrflow.data.registry": data.registry, "cxrflow.data.commit": commit}
         tags |= {f"cxrflow.data.dvc_md5.{k}": v for k, v in dvc_hashes.items()}
-    tracking.set_tags(parent, tags)
-    for name in ("ingest_report.json", "quarantine.csv", "duplicates.csv", PROVENANCE_FILE):
+    if tags:
+        tracking.set_tags(parent, tags)
+    tracking.log_dataset(
+        parent,
+        "manifest",
+        mhash,
+        _data_source(prov),
+        {"rows": len(manifest), "labels": manifest["label"].value_counts().to_dict()},
+        "ingest",
+        list(manifest.columns),
+    )
+    for name in (
+        "ingest_report.json",
+        "quarantine.csv",
+        "excluded.csv",
+        "duplicates.csv",
+        PROVENANCE_FILE,
+    ):
         if (out / name).is_file():
             tracking.log_artifact(parent, out / name, "ingest")
+    _step_done(parent, "ingest")
+    emit_summary(
+        "ingest",
+        f"{report_dict['kept']} images kept of {report_dict['considered']} "
+        f"({report_dict['quarantined']} quarantined, {report_dict['excluded_by_filter']} "
+        f"excluded, {report_dict['duplicates_collapsed']} duplicates); data {version}",
+    )
     return {"provenance": asdict(prov), "report": report_dict, "parent_run_id": parent}
 
 
@@ -210,13 +251,15 @@ def run_validate(params: Params, dataset_dir: str | Path, out_dir: str | Path) -
     prov = read_provenance(dataset_dir)
     df = read_manifest(dataset_dir)
     summary = validate_manifest(df, params.validate, docs_dir=out / "data_docs")
-    _write_json(out / "validation.json", summary.to_dict())
+    write_json_atomic(out / "validation.json", summary.to_dict())
     parent = _parent_run(params, prov)
     tracking.log_artifact(parent, out / "validation.json", "validate")
     if (out / "data_docs").is_dir():
         tracking.log_artifact(parent, out / "data_docs", "validate/data_docs")
     tracking.set_tags(parent, {"cxrflow.validate.success": str(summary.success)})
     raise_on_failure(summary)
+    _step_done(parent, "validate")
+    emit_summary("validate", f"{summary.evaluated} expectations passed on {len(df)} images")
     return summary.to_dict()
 
 
@@ -260,7 +303,7 @@ def run_split(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> d
             check_balance=name == "dataset_1" or params.split.dataset_0_max_per_class is not None,
         )
         summaries[name] = summary.to_dict()
-        _write_json(out / f"validation_{name}.json", summaries[name])
+        write_json_atomic(out / f"validation_{name}.json", summaries[name])
         tracking.log_artifact(parent, out / f"validation_{name}.json", "split")
         raise_on_failure(summary)
     if report.confounds:
@@ -272,6 +315,15 @@ def run_split(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> d
                 if v
             },
         )
+    _step_done(parent, "split")
+    figures = []
+    for ds, per_split in report.counts.items():
+        sizes = " / ".join(f"{sp} {sum(c.values())}" for sp, c in per_split.items())
+        figures.append(f"{ds}: {sizes}")
+    confounds = sum(len(v) for v in report.confounds.values())
+    emit_summary(
+        "split", "; ".join(figures) + (f"; {confounds} confound warning(s)" if confounds else "")
+    )
     return {"report": report.to_dict(), "validation": summaries}
 
 
@@ -287,20 +339,25 @@ def run_train(
     base_model_dir: str | Path | None = None,
     verbose: int = 2,
 ) -> dict[str, Any]:
-    """Step ``model_N``: train one of the paper's models and log it to MLflow.
+    """Step ``<model_key>``: train one model of ``params.models`` and log it to MLflow.
 
-    Reads params ``train``, ``models.<model_key>``. Writes ``model.keras``, ``history.json``
-    and ``model_info.json`` (incl. the MLflow model URI) to ``out_dir``.
+    Reads params ``train``, ``models.<model_key>`` (and logs the whole configuration). A model
+    whose ``init`` names another model starts from that model's output (``base_model_dir``).
+    Writes ``model.keras``, ``history.json`` and ``model_info.json`` (incl. the MLflow model
+    URI) to ``out_dir``.
     """
     import keras
     import numpy as np
 
     from cxrflow import tracking
+    from cxrflow.config import check_model_key
     from cxrflow.data.split import read_split_table
     from cxrflow.datasets import load_arrays
+    from cxrflow.models import get_architecture
     from cxrflow.train import train_model
 
-    spec = params.models[model_key]
+    spec = check_model_key(params, model_key)
+    arch = get_architecture(spec.architecture)
     classes = DATASETS[spec.dataset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,9 +368,12 @@ def run_train(
     x_va, y_va = load_arrays(dataset_dir, table, "val", classes, size)
     log.info("%s: %d train / %d val images of %s", model_key, len(x_tr), len(x_va), spec.dataset)
     base = None
-    if spec.init == "model_0":
+    if spec.base_model_key is not None:
         if base_model_dir is None:
-            raise ValueError(f"{model_key}: init=model_0 needs --base-model (Model_0's output)")
+            raise ValueError(
+                f"{model_key}: init={spec.init} needs the trained {spec.init} "
+                f"(--base-model {spec.init}'s output directory)"
+            )
         base = keras.models.load_model(Path(base_model_dir) / MODEL_FILE)
 
     parent = _parent_run(params, prov)
@@ -323,7 +383,7 @@ def run_train(
         "cxrflow.architecture": spec.architecture,
         "cxrflow.init": spec.init,
         tracking.TAG_PRETRAINED: (spec.weights_path or "NONE (random init)")
-        if spec.init == "imagenet"
+        if spec.init_kind == "imagenet"
         else spec.init,
     }
     with tracking.model_run(
@@ -332,14 +392,14 @@ def run_train(
         prov.pipeline_run_id,
         model_key,
         tags,
-        flatten_params({"train": params.train, "model": spec}),
+        flatten_params(params),
     ) as run_id:
-        if spec.init == "imagenet" and not spec.weights_path:
+        if spec.init_kind == "imagenet" and not spec.weights_path:
             tracking.set_tags(
                 run_id,
                 {
-                    "cxrflow.warning": "ResNet-50 trained WITHOUT ImageNet "
-                    "weights (models.model_3.weights_path is null)"
+                    "cxrflow.warning": f"{spec.architecture} trained WITHOUT ImageNet weights "
+                    f"(models.{model_key}.weights_path is null)"
                 },
             )
         if spec.weights_path:
@@ -348,9 +408,31 @@ def run_train(
             tracking.set_tags(
                 run_id, {"cxrflow.pretrained_weights_sha256": file_sha256(spec.weights_path)}
             )
+        tracking.log_dataset(
+            run_id,
+            spec.dataset,
+            prov.manifest_hash,
+            _data_source(prov),
+            {"train": len(x_tr), "val": len(x_va), "classes": list(classes)},
+            "training",
+        )
+        epochs_max = params.train.epochs
+
+        class _Progress(keras.callbacks.Callback):  # type: ignore[misc]
+            def __init__(self, phase: str, offset: int) -> None:
+                super().__init__()
+                self.phase, self.offset = phase, offset
+
+            def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+                figures = " ".join(
+                    f"{k}={float(v):.4f}"
+                    for k, v in (logs or {}).items()
+                    if k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                )
+                emit_progress(model_key, f"{self.phase} epoch {epoch + 1}/{epochs_max} {figures}")
 
         def cb(phase: str, offset: int) -> list[Any]:
-            return [tracking.make_epoch_logger(run_id, phase, offset)]
+            return [tracking.make_epoch_logger(run_id, phase, offset), _Progress(phase, offset)]
 
         t0 = time.perf_counter()
         result = train_model(
@@ -358,7 +440,9 @@ def run_train(
         )
         train_s = time.perf_counter() - t0
         result.model.save(out / MODEL_FILE)
-        _write_json(out / "history.json", {"history": result.history, "phases": result.phases})
+        write_json_atomic(
+            out / "history.json", {"history": result.history, "phases": result.phases}
+        )
         tracking.log_metrics(
             run_id,
             {
@@ -377,7 +461,7 @@ def run_train(
                 "classes": list(classes),
                 "image_size": size,
                 "model_key": model_key,
-                "preprocessing": "cxrflow.datasets.preprocess_image (8-bit grey, bilinear resize)",
+                "preprocessing": arch.preprocessing,
             },
         )
     info = {
@@ -392,7 +476,14 @@ def run_train(
         "phases": result.phases,
         "train_seconds": train_s,
     }
-    _write_json(out / MODEL_INFO_FILE, info)
+    write_json_atomic(out / MODEL_INFO_FILE, info)
+    _step_done(parent, model_key)
+    val_acc = result.history.get("val_accuracy") or [float("nan")]
+    emit_summary(
+        model_key,
+        f"{len(result.history.get('loss', []))} epochs, best val_accuracy {max(val_acc):.3f} "
+        f"({train_s:.0f} s)",
+    )
     return info
 
 
@@ -409,7 +500,7 @@ def run_evaluate(
     """Step ``evaluate``: test-split metrics, confusion matrices and latency for each model.
 
     Reads params ``evaluate``, ``train.image_size``. Writes ``metrics.json`` (per model, with
-    its MLflow run and model URI), ``confusion_<model>.png`` and ``summary.md``; logs metrics
+    its MLflow run and model URI), ``plots/confusion_<model>.png`` and ``summary.md``; logs metrics
     and plots to each model's nested run.
     """
     import keras
@@ -442,13 +533,28 @@ def run_evaluate(
             metrics["confusion_matrix"],
             classes,
             f"{key} on {dataset} test (n={metrics['n_test']})",
-            out / f"confusion_{key}.png",
+            out / "plots" / f"confusion_{key}.png",
         )
         metrics.update(
-            model_key=key, dataset=dataset, run_id=info["run_id"], model_uri=info["model_uri"]
+            model_key=key,
+            dataset=dataset,
+            run_id=info["run_id"],
+            model_uri=info["model_uri"],
+            data_version=prov.data_version,
+            manifest_hash=prov.manifest_hash,
+            params_hash=params_hash(params),
+            pipeline_run_id=prov.pipeline_run_id,
         )
         results[key] = metrics
         tracking.log_metrics(info["run_id"], flat_metrics(metrics))
+        tracking.log_dataset(
+            info["run_id"],
+            dataset,
+            prov.manifest_hash,
+            _data_source(prov),
+            {"test": int(metrics["n_test"]), "classes": list(classes)},
+            "evaluation",
+        )
         tracking.log_artifact(info["run_id"], png, "evaluation")
         log.info(
             "%s: accuracy %.4f, macro F1 %.4f, %.2f ms/image",
@@ -457,12 +563,20 @@ def run_evaluate(
             metrics["f1_macro"],
             metrics["latency_ms_per_image"],
         )
-    _write_json(out / METRICS_FILE, results)
+    write_json_atomic(out / METRICS_FILE, results)
     (out / "summary.md").write_text(format_summary(results))
     tracking.log_artifact(parent, out / METRICS_FILE, "evaluate")
     tracking.log_artifact(parent, out / "summary.md", "evaluate")
     for key, m in results.items():
         tracking.log_metrics(parent, {f"{key}.{k}": v for k, v in flat_metrics(m).items()})
+    _step_done(parent, "evaluate")
+    if results:
+        best = max(results, key=lambda k: results[k]["f1_macro"])
+        emit_summary(
+            "evaluate",
+            f"{len(results)} models on the test split; best macro F1 {best} "
+            f"{results[best]['f1_macro']:.3f} (accuracy {results[best]['accuracy']:.3f})",
+        )
     return results
 
 
@@ -501,6 +615,11 @@ def run_register(params: Params, evaluation_dir: str | Path, out_dir: str | Path
     champion = select_champion(results, rp.metric, rp.candidates)
     m = results[champion]
     tracking.configure(params.tracking.experiment_name)
+    metric_tags = {
+        f"cxrflow.metric.{k}": f"{float(m[k]):.6f}"
+        for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+        if k in m
+    }
     version = tracking.register_model(
         m["model_uri"],
         rp.model_name,
@@ -510,6 +629,11 @@ def run_register(params: Params, evaluation_dir: str | Path, out_dir: str | Path
             f"cxrflow.{rp.metric}": f"{m[rp.metric]:.6f}",
             "cxrflow.run_id": m["run_id"],
             "cxrflow.dataset": m["dataset"],
+            tracking.TAG_DATA_VERSION: str(m.get("data_version", "")),
+            tracking.TAG_MANIFEST_HASH: str(m.get("manifest_hash", "")),
+            tracking.TAG_PIPELINE_RUN: str(m.get("pipeline_run_id", "")),
+            "cxrflow.params_hash": params_hash(params),
+            **metric_tags,
         },
         description=f"{champion}: {rp.metric}={m[rp.metric]:.4f} on {m['n_test']} test images",
     )
@@ -524,6 +648,110 @@ def run_register(params: Params, evaluation_dir: str | Path, out_dir: str | Path
         "source_model_uri": m["model_uri"],
         "candidates": {k: results[k][rp.metric] for k in rp.candidates if k in results},
     }
-    _write_json(out / REGISTERED_FILE, info)
+    write_json_atomic(out / REGISTERED_FILE, info)
     tracking.set_tags(m["run_id"], {"cxrflow.champion": "true"})
+    pipeline_run_id = str(m.get("pipeline_run_id", ""))
+    parent = (
+        tracking.find_parent_run(params.tracking.experiment_name, pipeline_run_id)
+        if pipeline_run_id
+        else None
+    )
+    if parent is not None:
+        tracking.set_tags(parent, {"cxrflow.champion": champion})
+        _step_done(parent, "register")
+    emit_summary(
+        "register",
+        f"champion {champion} ({rp.metric} {m[rp.metric]:.3f}) -> "
+        f"models:/{rp.model_name}@{rp.alias} (version {version})",
+    )
     return info
+
+
+# ------------------------------------------------------------------------------ start points
+
+
+START_FILE = "START.json"
+
+
+def write_start_point(params: Params, kind: str, out_dir: str | Path) -> dict[str, Any]:
+    """Describe a starting point of training (``scratch`` or ``imagenet``) in ``out_dir``.
+
+    DVC's model stages depend on ``models/<init>``: a transfer on the model it starts from, the
+    others on this description. For ``imagenet`` it records each configured weights file with
+    its sha256, so replacing a weights file (a DVC-tracked artifact) reruns the models that
+    load it; for ``scratch`` the training seed.
+    """
+    from cxrflow.config import INIT_IMAGENET, INIT_SCRATCH
+    from cxrflow.data.manifest import file_sha256
+
+    if kind not in (INIT_SCRATCH, INIT_IMAGENET):
+        raise ValueError(f"a start point is {INIT_SCRATCH} or {INIT_IMAGENET}, got {kind!r}")
+    users = {k: m for k, m in params.models.items() if m.init == kind}
+    info: dict[str, Any] = {"init": kind, "models": sorted(users)}
+    if kind == INIT_SCRATCH:
+        info["seed"] = params.train.seed
+    else:
+        weights: dict[str, Any] = {}
+        for key, spec in sorted(users.items()):
+            path = spec.weights_path
+            if path and not Path(path).is_file():
+                raise FileNotFoundError(
+                    f"models.{key}.weights_path: {path} does not exist (download the no-top "
+                    "ImageNet weights once, then `dvc add` the file)"
+                )
+            weights[key] = {"path": path, "sha256": file_sha256(path) if path else None}
+        info["weights"] = weights
+    write_json_atomic(Path(out_dir) / START_FILE, info)
+    return info
+
+
+# ---------------------------------------------------------------------------------- finalize
+
+
+def run_finalize(
+    params: Params, pipeline_run_id: str, state: str, error: str = ""
+) -> dict[str, Any]:
+    """End the pipeline run's MLflow parent run: ``FINISHED``, or ``FAILED`` naming the step.
+
+    Runs after every other step, whatever happened (KFP's exit handler; the local runner).
+    The failed step is the first of ``params.steps`` that did not mark itself done on the
+    parent run. Nested runs a killed step left ``RUNNING`` are marked ``FAILED`` too.
+
+    Args:
+        params: The run's resolved configuration.
+        pipeline_run_id: The pipeline run (KFP job id, or a local id).
+        state: The pipeline's final state as KFP reports it (``SUCCEEDED``, ``FAILED``...).
+        error: The error message KFP reports, if any.
+    """
+    from cxrflow import tracking
+
+    exp = params.tracking.experiment_name
+    parent = tracking.find_parent_run(exp, pipeline_run_id)
+    if parent is None:  # failed before ingest created it: record the failure anyway
+        parent = tracking.get_or_create_parent_run(
+            exp,
+            pipeline_run_id,
+            {
+                tracking.TAG_PROFILE: params.profile,
+                tracking.TAG_GIT_COMMIT: tracking.git_commit(),
+                "cxrflow.params_hash": params_hash(params),
+            },
+            flatten_params(params),
+        )
+    tags = tracking.run_tags(parent)
+    done = {k[len(TAG_STEP_DONE) :] for k, v in tags.items() if k.startswith(TAG_STEP_DONE)}
+    missing = [step for step in params.steps if step not in done]
+    succeeded = state.upper() in ("SUCCEEDED", "SUCCESS", "COMPLETE") and not missing
+    failed_step = "" if succeeded else (missing[0] if missing else "unknown")
+    if not succeeded:
+        reason = error.strip().splitlines()[-1][:500] if error.strip() else state
+        tracking.set_tags(parent, {TAG_FAILED_STEP: failed_step, "cxrflow.error": reason})
+    stale = tracking.fail_running_children(exp, pipeline_run_id)
+    status = "FINISHED" if succeeded else "FAILED"
+    tracking.end_run(parent, status)
+    emit_summary(
+        "finalize",
+        f"MLflow parent run {parent} {status}"
+        + (f" (failed step: {failed_step})" if failed_step else ""),
+    )
+    return {"parent_run_id": parent, "status": status, "failed_step": failed_step, "stale": stale}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -301,11 +301,130 @@ def register_model(
     return int(mv.version)
 
 
+class ModelNotFoundError(LookupError):
+    """No model behind a model URI (nothing registered, unknown alias or run)."""
+
+
 def load_model(model_uri: str) -> tuple[Any, dict[str, Any]]:
-    """Load a Keras model and its cxrflow metadata (classes, image size) from a model URI."""
+    """Load a Keras model and its cxrflow metadata (classes, image size) from a model URI.
+
+    Raises:
+        ModelNotFoundError: Nothing is tracked yet, or the URI names no model; the message says
+            what to do. No tracking database is created as a side effect.
+    """
+    uri = tracking_uri()
+    if model_uri.startswith(("models:/", "runs:/")) and not tracking_store_exists():
+        raise ModelNotFoundError(
+            f"no MLflow tracking store at {uri}: nothing has been trained here yet; run "
+            "`make run` first, or set MLFLOW_TRACKING_URI to your tracking server"
+        )
+    from mlflow.exceptions import MlflowException
+
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    info = mlflow.models.get_model_info(model_uri)
-    model = mlflow.keras.load_model(model_uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+        model = mlflow.keras.load_model(model_uri)
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"{model_uri}: no such model in {uri} ({first}); register one with `make run` "
+            "or pass --model-uri"
+        ) from None
     return model, dict(info.metadata or {})
+
+
+def find_parent_run(experiment_name: str, pipeline_run_id: str) -> str | None:
+    """The parent run of ``pipeline_run_id`` or None (creates nothing but the experiment)."""
+    exp_id = configure(experiment_name)
+    flt = f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and tags.`{TAG_KIND}` = 'pipeline'"
+    found = _search_one(exp_id, flt)
+    return None if found is None else str(found.info.run_id)
+
+
+def end_run(run_id: str, status: str) -> None:
+    """Mark a run ``FINISHED``/``FAILED``/``KILLED`` with an end time (the UI shows a duration)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_terminated(run_id, status)
+
+
+def run_status(run_id: str) -> str:
+    """A run's status (``RUNNING``, ``FINISHED``, ``FAILED``...)."""
+    from mlflow.tracking import MlflowClient
+
+    return str(MlflowClient().get_run(run_id).info.status)
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    """A run's tags."""
+    from mlflow.tracking import MlflowClient
+
+    return dict(MlflowClient().get_run(run_id).data.tags)
+
+
+def log_dataset(
+    run_id: str,
+    name: str,
+    digest: str,
+    source: Mapping[str, Any],
+    profile: Mapping[str, Any],
+    context: str,
+    schema_columns: Sequence[str] = (),
+) -> None:
+    """Record a dataset as an input of a run (the MLflow UI's Dataset column: lineage).
+
+    Args:
+        run_id: The run that used the data.
+        name: Dataset name (e.g. ``dataset_1`` or ``manifest``).
+        digest: Content digest (the manifest hash).
+        source: Where it came from: data version, registry and commit, paths.
+        profile: Small summary (row and class counts).
+        context: ``training``, ``evaluation`` or ``ingest``.
+        schema_columns: Column names, recorded as the schema.
+    """
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    schema = {"mlflow_colspec": [{"name": c, "type": "string"} for c in schema_columns]}
+    entity = Dataset(
+        name=name,
+        digest=digest[:36],
+        source_type="cxrflow-dvc",
+        source=json.dumps(dict(source), sort_keys=True, default=str),
+        schema=json.dumps(schema),
+        profile=json.dumps(dict(profile), sort_keys=True, default=str),
+    )
+    MlflowClient().log_inputs(
+        run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
+    )
+
+
+def tracking_store_exists() -> bool:
+    """False when the default sqlite store has never been created (nothing was ever tracked).
+
+    Read-only commands check this first, so that they never create an empty database.
+    """
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).is_file()
+    return True
+
+
+def fail_running_children(experiment_name: str, pipeline_run_id: str) -> list[str]:
+    """Mark the pipeline run's nested runs still ``RUNNING`` as ``FAILED`` (a killed step)."""
+    from mlflow.tracking import MlflowClient
+
+    exp_id = configure(experiment_name)
+    client = MlflowClient()
+    flt = (
+        f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and tags.`{TAG_KIND}` = 'model' "
+        "and attributes.status = 'RUNNING'"
+    )
+    stale = [r.info.run_id for r in client.search_runs([exp_id], filter_string=flt)]
+    for run_id in stale:
+        client.set_terminated(run_id, "FAILED")
+    return [str(r) for r in stale]

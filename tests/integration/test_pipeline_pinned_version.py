@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,21 +9,18 @@ import pytest
 from cxrflow.config import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
 def _params(registry: Path, version: str | None):
-    p = load_params(ROOT / "params.yaml", "smoke")
-    data = dataclasses.replace(
-        p.data,
-        registry=str(registry),
-        version=version,
-        kermany_dir="raw/kermany",
-        cohen_dirs=("raw/cohen",),
-    )
-    return dataclasses.replace(p, data=data)
+    sets = [
+        f"data.registry={registry}",
+        "data.sources={kermany: [raw/kermany], cohen: [raw/cohen]}",
+    ]
+    if version is not None:
+        sets.append(f"data.version={version}")
+    return load_params(ROOT / "params.yaml", "smoke", sets)
 
 
 def test_pipeline_pinned_to_v1_reproduces_v1(data_registry, tmp_path: Path, monkeypatch) -> None:
@@ -34,6 +29,7 @@ def test_pipeline_pinned_to_v1_reproduces_v1(data_registry, tmp_path: Path, monk
     import mlflow
     from cxrflow.data.versions import resolve
     from cxrflow.steps import run_ingest
+    from pipelines.cxrflow_pipeline import build_pipeline
     from pipelines.local import run_local
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -50,11 +46,11 @@ def test_pipeline_pinned_to_v1_reproduces_v1(data_registry, tmp_path: Path, monk
     assert h1["sources"]["registry_commit"] == v1.commit
     assert h1["origin"] == "phantom"
 
-    # the pipeline, HEAD being data-v2, pinned to data-v1 through its data_version parameter,
-    # with the registry's local DVC cache out of the way: every byte must come from S3
+    # the pipeline, HEAD being data-v2, pinned to data-v1 (data.version in its one resolved
+    # configuration), with the registry's local DVC cache out of the way: every byte must
+    # come from S3
     with data_registry.without_local_cache():
-        out = run_local(_params(repo, None), tmp_path / "kfp", data_version="data-v1")
-    assert out["champion"] in ("model_1", "model_2", "model_3")
+        run_local(build_pipeline(_params(repo, "data-v1")), {}, tmp_path / "kfp")
 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
@@ -66,6 +62,8 @@ def test_pipeline_pinned_to_v1_reproduces_v1(data_registry, tmp_path: Path, monk
         and r.data.tags.get("cxrflow.pipeline_run_id") not in ("ref-v1", "ref-v2")
     ]
     assert len(parents) == 1
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["cxrflow.champion"] in ("model_1", "model_2", "model_3")
     tags = parents[0].data.tags
     assert tags["cxrflow.data.manifest_hash"] == h1["manifest_hash"]  # reproduced exactly
     assert tags["cxrflow.data.version"].startswith("data-v1@")

@@ -30,11 +30,13 @@ def steps(tmp_path_factory: pytest.TempPathFactory) -> dict:
     params = params_from_dict(
         {
             "data": {
-                "kermany_dir": str(DATA / "kermany"),
-                "cohen_dirs": [
-                    str(DATA / "cohen-2020-06-22"),
-                    str(DATA / "cohen-supplement-2020-08"),
-                ],
+                "sources": {
+                    "kermany": [str(DATA / "kermany")],
+                    "cohen": [
+                        str(DATA / "cohen-2020-06-22"),
+                        str(DATA / "cohen-supplement-2020-08"),
+                    ],
+                }
             },
             "ingest": {"workers": 2},
         }

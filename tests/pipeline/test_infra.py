@@ -19,7 +19,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 import tomllib
 import urllib.error
@@ -36,7 +35,6 @@ import yaml
 from kubernetes import client as k8s
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from pipelines import submit  # noqa: E402
 from pipelines.cxrflow_pipeline import (  # noqa: E402
@@ -701,12 +699,14 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_submit_run_calls_create_run_from_pipeline_package(package: Path) -> None:
+    from cxrflow.config import params_from_kfp, params_hash
+
     fake = FakeClient()
-    defaults = submit.pipeline_parameters(package)
+    compiled = submit.package_params(package)
     run_id = submit.submit_run(
         None,
         package,
-        {"train_params": {"epochs": 2}, "data_version": "v7"},
+        ["train.epochs=2", "register.metric=accuracy"],
         experiment="cxrflow-test",
         run_name="r1",
         client=fake,
@@ -717,24 +717,36 @@ def test_submit_run_calls_create_run_from_pipeline_package(package: Path) -> Non
     assert kwargs["experiment_name"] == "cxrflow-test"
     assert kwargs["run_name"] == "r1"
     args = kwargs["arguments"]
-    assert set(args) == {"train_params", "data_version"}  # the rest: package defaults
-    assert args["data_version"] == "v7"
-    assert args["train_params"] == {**defaults["train_params"], "epochs": 2}
+    assert set(args) == {"params"}  # the whole resolved configuration, validated
+    sent = params_from_kfp(args["params"])
+    assert (sent.train.epochs, sent.register.metric) == (2, "accuracy")
+    assert sent.profile == compiled.profile == "smoke"
+    assert sent.train.image_size == compiled.train.image_size
+    assert params_hash(sent) != params_hash(compiled)
+    fake = FakeClient()
+    submit.submit_run(None, package, [], client=fake)
+    assert fake.kwargs_of("create_run_from_pipeline_package")["arguments"] == {}
 
 
-def test_submit_run_rejects_unknown_or_mistyped_params(package: Path) -> None:
-    with pytest.raises(ValueError, match="unknown pipeline parameter"):
-        submit.submit_run(None, package, {"epochs": 2}, client=FakeClient())
-    with pytest.raises(ValueError, match="is a dict"):
-        submit.submit_run(None, package, {"train_params": 2}, client=FakeClient())
+def test_submit_run_validates_overrides_like_params_yaml(package: Path) -> None:
+    from cxrflow.config import ParamsError
+
+    with pytest.raises(ParamsError, match=r"train\.epochs"):
+        submit.submit_run(None, package, ["train.epochs=0"], client=FakeClient())
+    with pytest.raises(ParamsError, match=r"train\.epoch\b"):
+        submit.submit_run(None, package, ["train.epoch=3"], client=FakeClient())
+    with pytest.raises(ParamsError, match="KEY=VALUE"):
+        submit.submit_run(None, package, ["epochs"], client=FakeClient())
     with pytest.raises(FileNotFoundError):
-        submit.submit_run(None, package.with_name("missing.yaml"), {}, client=FakeClient())
+        submit.submit_run(None, package.with_name("missing.yaml"), [], client=FakeClient())
 
 
 def test_schedule_nightly_creates_a_six_field_cron_recurring_run(package: Path) -> None:
+    from cxrflow.config import params_from_kfp
+
     fake = FakeClient()
     job_id = submit.schedule_nightly(
-        None, package, params_overrides={"profile": "smoke"}, client=fake
+        None, package, params_overrides=["train.epochs=4"], client=fake
     )
     assert job_id == "rr-new"
     assert fake.kwargs_of("create_experiment")["name"] == submit.DEFAULT_EXPERIMENT
@@ -744,7 +756,7 @@ def test_schedule_nightly_creates_a_six_field_cron_recurring_run(package: Path) 
     assert kwargs["experiment_id"] == "exp-1"
     assert kwargs["job_name"] == submit.DEFAULT_JOB_NAME
     assert kwargs["pipeline_package_path"] == str(package)
-    assert kwargs["params"] == {"profile": "smoke"}
+    assert params_from_kfp(kwargs["params"]["params"]).train.epochs == 4
     assert kwargs["max_concurrency"] == 1
     assert kwargs["no_catchup"] is True
     assert not [m for m, _ in fake.calls if m == "delete_recurring_run"]
@@ -776,9 +788,12 @@ def test_host_comes_from_flag_or_env_never_a_default(monkeypatch: pytest.MonkeyP
     assert not re.search(r"https?://(?!localhost:8080\b)[\w.-]+", source.split('"""', 2)[2])
 
 
-def test_cli_run_and_schedule(
+def test_cli_submit_and_schedule(
     package: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from cxrflow.cli import main
+    from cxrflow.config import params_from_kfp
+
     fake = FakeClient()
     made: list[tuple[str | None, str | None]] = []
 
@@ -787,33 +802,28 @@ def test_cli_run_and_schedule(
         return fake
 
     monkeypatch.setattr(submit, "make_client", fake_make_client)
-    rc = submit.main(
+    rc = main(
         [
+            "--set",
+            "train.epochs=3",
+            "pipeline",
+            "submit",
             "--host",
             "http://kfp.test:8080",
-            "run",
             "--package",
             str(package),
-            "--param",
-            'train_params={"epochs": 3}',
-            "--param",
-            "data_version=v1",
         ]
     )
     assert rc == 0 and "run-123" in capsys.readouterr().out
     assert made == [("http://kfp.test:8080", None)]
     args = fake.kwargs_of("create_run_from_pipeline_package")["arguments"]
-    assert args["train_params"]["epochs"] == 3 and args["data_version"] == "v1"
-    rc = submit.main(["schedule", "--package", str(package), "--cron", "0 30 1 * * *"])
+    assert params_from_kfp(args["params"]).train.epochs == 3
+    rc = main(["pipeline", "schedule", "--package", str(package), "--cron", "0 30 1 * * *"])
     assert rc == 0 and "rr-new" in capsys.readouterr().out
     assert fake.kwargs_of("create_recurring_run")["cron_expression"] == "0 30 1 * * *"
-    assert submit.main(["schedule", "--package", str(package), "--cron", "0 2 * * *"]) == 2
-    assert "6 fields" in capsys.readouterr().err
-
-
-def test_parse_param() -> None:
-    assert submit.parse_param('a={"b": 1}') == ("a", {"b": 1})
-    assert submit.parse_param("profile=demo") == ("profile", "demo")
-    assert submit.parse_param("n=3") == ("n", 3)
-    with pytest.raises(Exception, match="NAME=VALUE"):
-        submit.parse_param("novalue")
+    rc = main(["pipeline", "schedule", "--package", str(package), "--cron", "0 2 * * *"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cxrflow: error:") and "6 fields" in err and err.count("\n") == 1
+    rc = main(["--profile", "demo", "pipeline", "submit", "--package", str(package)])
+    assert rc == 2 and "--profile applies when compiling" in capsys.readouterr().err

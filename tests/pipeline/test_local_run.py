@@ -1,4 +1,10 @@
-"""The whole KFP pipeline through kfp.local on the smoke profile, then what landed in MLflow."""
+"""The whole KFP pipeline through kfp.local on the smoke profile, then what landed in MLflow.
+
+The run adds a fifth model in params only (``--set models.model_4=...``): the pipeline, the
+evaluation and the registry pick it up with no code change. Every MLflow run of the pipeline
+run logs the same params and params hash; the parent run ends FINISHED. A second run whose
+validation fails leaves its parent run FAILED naming the step.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +15,30 @@ from pathlib import Path
 
 import pytest
 
-from cxrflow.config import MODEL_KEYS, load_params
+from cxrflow.config import MODEL_KEYS, flatten_params, load_params, params_hash
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+FIFTH = "models.model_4={dataset: dataset_1, architecture: small_cnn, init: model_1}"
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from pipelines.local import find_metrics, run_local
+    from pipelines.cxrflow_pipeline import build_pipeline
+    from pipelines.local import find_metrics, find_registered, run_local
 
     tmp = tmp_path_factory.mktemp("pipeline")
     mp = pytest.MonkeyPatch()
     uri = f"sqlite:///{tmp / 'mlruns.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp / "mlartifacts").as_uri())
-    params = load_params(ROOT / "params.yaml", "smoke")
-    out = run_local(params, tmp / "kfp")
+    params = load_params(ROOT / "params.yaml", "smoke", [FIFTH])
+    out = run_local(build_pipeline(params), {}, tmp / "kfp")
     yield {
         "out": out,
-        "metrics": find_metrics(out["run_dir"]),
+        "metrics": find_metrics(out.run_dir),
+        "registered": find_registered(out.run_dir),
         "uri": uri,
         "tmp": tmp,
         "params": params,
@@ -38,9 +46,25 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp.undo()
 
 
+def _runs(uri: str) -> tuple:
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("cxrflow")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("cxrflow.run_kind") == "pipeline"]
+    models = [r for r in runs if r.data.tags.get("cxrflow.run_kind") == "model"]
+    return client, parents, models
+
+
 def test_all_steps_ran_and_metrics_exist(local_run: dict) -> None:
     metrics = local_run["metrics"]
-    assert set(metrics) == set(MODEL_KEYS)
+    keys = local_run["params"].model_keys
+    assert keys == (*MODEL_KEYS, "model_4")
+    assert set(metrics) == set(keys)
     for key, m in metrics.items():
         assert 0.0 <= m["accuracy"] <= 1.0, key
         assert m["n_test"] > 0
@@ -48,49 +72,92 @@ def test_all_steps_ran_and_metrics_exist(local_run: dict) -> None:
         assert len(m["confusion_matrix"]) == 3
     assert metrics["model_0"]["classes"] == ["normal", "bacterial", "viral"]
     assert metrics["model_1"]["classes"] == ["normal", "bacterial", "covid"]
-    assert local_run["out"]["champion"] in ("model_1", "model_2", "model_3")
+    assert metrics["model_4"]["classes"] == ["normal", "bacterial", "covid"]
+    assert local_run["registered"]["champion"] in ("model_1", "model_2", "model_3")
+    steps = [s.name for s in local_run["out"].steps]
+    assert set(steps) == {*local_run["params"].steps, "finalize"}
+    assert all(s.status == "ok" for s in local_run["out"].steps)
+    for step in steps:
+        assert (local_run["out"].log_dir / f"{step}.log").is_file(), step
 
 
-def test_mlflow_has_parent_four_model_runs_and_champion(local_run: dict) -> None:
-    from mlflow.tracking import MlflowClient
-
-    import mlflow
-
-    mlflow.set_tracking_uri(local_run["uri"])
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("cxrflow")
-    runs = client.search_runs([exp.experiment_id], max_results=100)
-    parents = [r for r in runs if r.data.tags.get("cxrflow.run_kind") == "pipeline"]
-    models = [r for r in runs if r.data.tags.get("cxrflow.run_kind") == "model"]
+def test_one_configuration_one_hash_on_every_run(local_run: dict) -> None:
+    """Parent and nested runs log the same params, equal to the resolved configuration."""
+    _, parents, models = _runs(local_run["uri"])
+    params = local_run["params"]
+    expected = {k: v[:6000] for k, v in flatten_params(params).items()}
     assert len(parents) == 1
+    for run in [*parents, *models]:
+        assert run.data.params == expected, run.data.tags.get("cxrflow.model_key", "parent")
+        assert run.data.tags["cxrflow.params_hash"] == params_hash(params)
+        assert run.data.tags["cxrflow.profile"] == "smoke"
+    assert parents[0].data.params["train.image_size"] == "32"  # not the paper's 224
+
+
+def test_mlflow_has_parent_model_runs_datasets_and_champion(local_run: dict) -> None:
+    client, parents, models = _runs(local_run["uri"])
     parent = parents[0]
-    assert sorted(r.data.tags["cxrflow.model_key"] for r in models) == list(MODEL_KEYS)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.end_time is not None
+    keys = local_run["params"].model_keys
+    assert sorted(r.data.tags["cxrflow.model_key"] for r in models) == sorted(keys)
+    manifest_hash = parent.data.tags["cxrflow.data.manifest_hash"]
     for r in models:
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert r.info.status == "FINISHED"
         assert "test_accuracy" in r.data.metrics
         assert "test_f1_macro" in r.data.metrics
         assert r.data.params["train.batch_size"] == "8"
-        assert r.data.tags["cxrflow.profile"] == "smoke"
-        assert (
-            r.data.tags["cxrflow.data.manifest_hash"]
-            == parent.data.tags["cxrflow.data.manifest_hash"]
-        )
+        assert r.data.tags["cxrflow.data.manifest_hash"] == manifest_hash
         assert r.data.tags["cxrflow.data.origin"] == "phantom"
         hist = client.get_metric_history(r.info.run_id, "val_loss")
         assert len(hist) >= 1
         arts = {a.path for a in client.list_artifacts(r.info.run_id, "evaluation")}
         assert any(p.endswith(".png") for p in arts)
+        # the data each run used is an MLflow dataset input: lineage in the UI
+        inputs = r.inputs.dataset_inputs
+        contexts = {t.value for d in inputs for t in d.tags if t.key == "mlflow.data.context"}
+        assert contexts == {"training", "evaluation"}, r.data.tags["cxrflow.model_key"]
+        for d in inputs:
+            assert manifest_hash.startswith(d.dataset.digest)
+            source = json.loads(d.dataset.source)
+            assert source["data_version"] == parent.data.tags["cxrflow.data.version"]
+    assert parent.inputs.dataset_inputs[0].dataset.name == "manifest"
     m3 = next(r for r in models if r.data.tags["cxrflow.model_key"] == "model_3")
     assert "NONE" in m3.data.tags["cxrflow.pretrained_weights"]
     assert "WITHOUT ImageNet" in m3.data.tags["cxrflow.warning"]
-    assert len(parent.data.tags["cxrflow.data.manifest_hash"]) == 64
+    assert len(manifest_hash) == 64
     name = local_run["params"].register.model_name
     mv = client.get_model_version_by_alias(name, "champion")
-    assert mv.tags["cxrflow.model_key"] == local_run["out"]["champion"]
-    # the validation report and Data Docs were logged to the parent run
+    assert mv.tags["cxrflow.model_key"] == local_run["registered"]["champion"]
+    assert mv.tags["cxrflow.data.version"] == parent.data.tags["cxrflow.data.version"]
+    assert mv.tags["cxrflow.data.manifest_hash"] == manifest_hash
+    assert float(mv.tags["cxrflow.metric.f1_macro"]) == pytest.approx(
+        local_run["metrics"][mv.tags["cxrflow.model_key"]]["f1_macro"], abs=1e-6
+    )
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "validate")}
     assert "validate/validation.json" in parent_arts
+
+
+def test_failed_step_fails_the_parent_run_naming_it(tmp_path: Path, monkeypatch) -> None:
+    from pipelines.cxrflow_pipeline import build_pipeline
+    from pipelines.local import run_local
+    from pipelines.progress import LocalStepError
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp_path / "art").as_uri())
+    params = load_params(ROOT / "params.yaml", "smoke", ["validate.min_per_class=100000"])
+    with pytest.raises(LocalStepError) as err:
+        run_local(build_pipeline(params), {}, tmp_path / "kfp")
+    assert err.value.step == "validate"
+    assert "DataValidationError" in str(err.value) or "expectation" in str(err.value)
+    assert str(err.value.log_path).endswith("validate.log")
+    assert "\n" not in str(err.value)
+    _, parents, _ = _runs(uri)
+    assert len(parents) == 1
+    assert parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["cxrflow.failed_step"] == "validate"
 
 
 def test_predict_with_champion(local_run: dict, tmp_path: Path) -> None:
@@ -99,7 +166,9 @@ def test_predict_with_champion(local_run: dict, tmp_path: Path) -> None:
 
     from cxrflow.data.synthetic import render_radiograph
 
-    good = tmp_path / "a chest.png"
+    folder = tmp_path / "films"
+    folder.mkdir()
+    good = folder / "a chest.png"
     Image.fromarray(render_radiograph("covid", np.random.default_rng(1), (200, 180))).save(good)
     bad = tmp_path / "broken.jpeg"
     bad.write_bytes(b"not a jpeg")
@@ -113,18 +182,18 @@ def test_predict_with_champion(local_run: dict, tmp_path: Path) -> None:
         "--profile",
         "smoke",
         "predict",
-        str(good),
+        str(folder),
         str(bad),
         "--json",
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     preds = json.loads(res.stdout)
+    assert len(preds) == 1  # the directory's one image; the broken file is on stderr
     assert preds[0]["predicted"] in ("normal", "bacterial", "covid")
     assert abs(sum(preds[0]["probabilities"].values()) - 1.0) < 1e-4
-    assert preds[1]["predicted"] is None
-    assert "broken.jpeg" in preds[1]["error"]
+    assert "broken.jpeg" in res.stderr and "cxrflow: error:" in res.stderr
     table = subprocess.run(
         cmd[:-1], capture_output=True, text=True, env=env, timeout=300, check=False
     )
-    assert "ERROR" in table.stdout and "predicted" in table.stdout
+    assert "predicted" in table.stdout and "broken.jpeg" not in table.stdout

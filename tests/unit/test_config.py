@@ -1,12 +1,12 @@
-"""params.yaml loads into frozen dataclasses; bad keys and values are named."""
+"""params.yaml resolves into frozen pydantic models; bad keys and values are named."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from cxrflow.config import (
     MODEL_KEYS,
@@ -15,7 +15,7 @@ from cxrflow.config import (
     flatten_params,
     load_params,
     params_from_dict,
-    params_from_sections,
+    params_from_kfp,
     params_to_dict,
 )
 
@@ -44,15 +44,16 @@ def test_yaml_top_level_equals_dataclass_defaults() -> None:
     """The paper's values live in params.yaml and in the dataclass defaults alike."""
     raw = yaml.safe_load(PARAMS.read_text())
     raw.pop("profiles")
+    assert raw["profile"] == "paper"
     assert params_to_dict(load_params(PARAMS)) == params_to_dict(params_from_dict({}))
-    assert set(raw) | {"profile"} == set(params_to_dict(params_from_dict({})))
+    assert set(raw) == set(params_to_dict(params_from_dict({})))
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_load_and_are_frozen(profile: str) -> None:
     p = load_params(PARAMS, profile)
     assert p.profile == profile
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         p.train.epochs = 3  # type: ignore[misc]
     assert tuple(sorted(p.models)) == MODEL_KEYS
 
@@ -79,7 +80,23 @@ def test_profiles_override_only_a_few_keys() -> None:
         ({"train": {"epochs": "many"}}, "train.epochs"),
         ({"split": {"test_fraction": 1.5}}, "split.test_fraction"),
         ({"split": {"dataset_1_counts": {"normal": 1}}}, "split.dataset_1_counts"),
-        ({"models": {"model_9": {}}}, "models.model_9"),
+        ({"models": {"model_9": {}}}, "models.model_9.dataset"),
+        (
+            {
+                "models": {
+                    "model_9": {"dataset": "dataset_1", "architecture": "small_cnn", "init": "x"}
+                }
+            },
+            "models.model_9.init",
+        ),
+        ({"models": {"model_2": {"init": "model_3"}}}, "models.model_2.init"),
+        (
+            {"models": {"ingest": {"dataset": "dataset_1", "architecture": "small_cnn"}}},
+            "models.ingest",
+        ),
+        ({"data": {"version": "v1"}}, "data.version"),
+        ({"data": {"sources": {"Kermany": ["x"]}}}, "data.sources.Kermany"),
+        ({"data": {"kermany_dir": "x"}}, "data.kermany_dir"),
         ({"models": {"model_3": {"architecture": "vgg"}}}, "models.model_3.architecture"),
         ({"register": {"alias": "Production"}}, "register.alias"),
         ({"ingest": {"cohen": {"views": "PA"}}}, "ingest.cohen.views"),
@@ -102,18 +119,20 @@ def test_sections_roundtrip_with_kfp_nulls() -> None:
 
     p = load_params(PARAMS, "smoke")
     plain = nulls_to_empty(params_to_dict(p))
-    back = params_from_sections(plain)
+    back = params_from_kfp(plain)
     assert back == p
     assert back.models["model_3"].weights_path is None
     assert back.split.dataset_0_max_per_class == 14
 
 
-def test_source_paths_kermany_first_then_cohen() -> None:
+def test_source_paths_in_configured_order() -> None:
     data = params_from_dict(
-        {"data": {"kermany_dir": "raw/k", "cohen_dirs": ["raw/c1", "raw/c2"]}}
+        {"data": {"sources": {"kermany": ["raw/k"], "cohen": ["raw/c1", "raw/c2"]}}}
     ).data
     assert data.source_paths == ["raw/k", "raw/c1", "raw/c2"]
+    assert not data.is_phantom
     assert params_from_dict({}).data.source_paths == []
+    assert params_from_dict({}).data.is_phantom
 
 
 def test_data_version_label_totals_sum_sources() -> None:
@@ -137,7 +156,55 @@ def test_kfp_encodings_are_accepted_only_from_kfp() -> None:
         params_from_dict({"train": {"epochs": 12.0}})
     with pytest.raises(ParamsError, match=r"split\.dataset_0_max_per_class"):
         params_from_dict({"split": {"dataset_0_max_per_class": ""}})
-    p = params_from_sections({"train": {"epochs": 12.0}, "split": {"dataset_0_max_per_class": ""}})
+    p = params_from_kfp({"train": {"epochs": 12.0}, "split": {"dataset_0_max_per_class": ""}})
     assert p.train.epochs == 12
     assert isinstance(p.train.epochs, int)
     assert p.split.dataset_0_max_per_class is None
+
+
+def test_one_resolution_profile_then_overrides() -> None:
+    """Profile from the file's `profile` key unless given; overrides last, validated alike."""
+    raw = yaml.safe_load(PARAMS.read_text())
+    assert params_from_dict({**raw, "profile": "smoke"}).train.image_size == 32
+    assert params_from_dict({**raw, "profile": "smoke"}, "paper").train.image_size == 224
+    p = load_params(PARAMS, "smoke", ["train.epochs=7", "register.metric=accuracy"])
+    assert (p.train.epochs, p.train.image_size, p.register.metric) == (7, 32, "accuracy")
+    with pytest.raises(ParamsError, match=r"train\.epochs"):
+        load_params(PARAMS, "smoke", ["train.epochs=0"])
+    with pytest.raises(ParamsError, match=r"train\.nope"):
+        load_params(PARAMS, None, ["train.nope=1"])
+    with pytest.raises(ParamsError, match="KEY=VALUE"):
+        load_params(PARAMS, None, ["train.epochs"])
+
+
+def test_resolved_params_reload_identically() -> None:
+    """A resolved file (no `profiles`) loads as is: its `profile` is a label."""
+    from cxrflow.config import params_hash, params_to_yaml
+
+    p = load_params(PARAMS, "demo", ["train.epochs=3"])
+    again = params_from_dict(yaml.safe_load(params_to_yaml(p)))
+    assert again == p
+    assert params_hash(again) == params_hash(p)
+    assert params_from_kfp(params_to_dict(p)) == p
+
+
+def test_a_fifth_model_is_params_only() -> None:
+    p = load_params(
+        PARAMS,
+        "smoke",
+        ["models.model_4={dataset: dataset_1, architecture: small_cnn, init: model_1}"],
+    )
+    assert p.model_keys == (*MODEL_KEYS, "model_4")
+    assert p.steps[-3:] == ("model_4", "evaluate", "register")
+    assert p.models["model_4"].base_model_key == "model_1"
+
+
+def test_json_schema_covers_params_yaml() -> None:
+    import jsonschema
+
+    from cxrflow.config import params_json_schema
+
+    schema = params_json_schema()
+    jsonschema.validate(yaml.safe_load(PARAMS.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"train": {"epochs": 0}}, schema)
