@@ -133,7 +133,9 @@ def _repo_root(repo: str | os.PathLike[str]) -> Path:
     root = Path(repo).expanduser().resolve()
     if not (root / ".git").exists():
         raise DataRegistryError(
-            f"{root}: not a data registry (no git repository there; see init_registry)"
+            f"{root}: not a data registry (no git repository there); pass --registry or set "
+            "data.registry to one, or make this one with `git init && dvc init` and "
+            "`cxrflow data snapshot`"
         )
     return root
 
@@ -183,7 +185,7 @@ def _rev_parse(root: Path, rev: str) -> str:
         tags = sorted(t for names in _tags_by_commit(root).values() for t in names)
         raise UnknownRevisionError(
             f"unknown data version {rev!r} in registry {root}: no tag, branch or commit of that "
-            f"name (tags: {', '.join(tags) or 'none'})"
+            f"name (tags: {', '.join(tags) or 'none'}); `cxrflow data versions` lists them"
         )
     return commit
 
