@@ -1,15 +1,19 @@
-"""dvc.yaml runs for real: `dvc repro` on the smoke profile, then nothing reruns."""
+"""dvc.yaml runs for real: `dvc repro` on the smoke profile, then nothing reruns; a changed
+profile (or a value inside it) makes exactly the affected stages out of date; `dvc exp run -S`
+works."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -23,18 +27,40 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
     return res
 
 
-def test_dvc_repro_smoke(tmp_path: Path) -> None:
-    work = tmp_path / "proj"
+def _edit_params(work: Path, **changes: object) -> None:
+    """Edit params.yaml like a person would (dotted keys, YAML written back)."""
+    path = work / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = raw
+        *head, last = dotted.split("__")
+        for key in head:
+            node = node[key]
+        node[last] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _stale(work: Path, env: dict[str, str], dvc: list[str]) -> set[str]:
+    """The stages `dvc status` reports once the resolve stage has rerun."""
+    _run([*dvc, "repro", "--single-item", "params"], work, env)
+    out = _run([*dvc, "status", "--json"], work, env).stdout
+    return set(json.loads(out or "{}"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], list[str]]:
+    tmp = tmp_path_factory.mktemp("dvc")
+    work = tmp / "proj"
     work.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, work / name)
+    _edit_params(work, profile="smoke")
     bindir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
         "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
-        "CXRFLOW_PROFILE": "smoke",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
-        "CXRFLOW_ARTIFACT_ROOT": (tmp_path / "mlartifacts").as_uri(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns.db'}",
+        "CXRFLOW_ARTIFACT_ROOT": (tmp / "mlartifacts").as_uri(),
         "DVC_NO_ANALYTICS": "1",
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@localhost",
@@ -45,12 +71,59 @@ def test_dvc_repro_smoke(tmp_path: Path) -> None:
     _run(["git", "init", "-q"], work, env)
     _run([*dvc, "init", "-q"], work, env)
     _run([*dvc, "repro"], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "smoke repro"], work, env)
+    return work, env, dvc
+
+
+def test_dvc_repro_smoke(project) -> None:
+    work, env, dvc = project
     metrics = json.loads((work / "reports/evaluate/metrics.json").read_text())
     assert sorted(metrics) == ["model_0", "model_1", "model_2", "model_3"]
     registered = json.loads((work / "reports/register/registered.json").read_text())
     assert registered["alias"] == "champion"
     assert (work / "dvc.lock").is_file()
+    resolved = yaml.safe_load((work / "build/params.resolved.yaml").read_text())
+    assert resolved["profile"] == "smoke" and resolved["train"]["image_size"] == 32
     again = _run([*dvc, "repro"], work, env)
     assert "Running stage" not in again.stdout
     status = _run([*dvc, "status"], work, env)
     assert "up to date" in status.stdout
+
+
+def test_profiles_make_exactly_the_affected_stages_stale(project) -> None:
+    work, env, dvc = project
+    original = (work / "params.yaml").read_text()
+    try:
+        # a value inside the selected profile: training stages only
+        _edit_params(work, profiles__smoke__train__epochs=3)
+        assert _stale(work, env, dvc) == {f"train@model_{i}" for i in range(4)}
+        # a value inside a profile that is not selected: nothing
+        (work / "params.yaml").write_text(original)
+        _edit_params(work, profiles__demo__train__epochs=3)
+        assert _stale(work, env, dvc) == set()
+        # another profile: every stage whose keys it changes
+        (work / "params.yaml").write_text(original)
+        _edit_params(work, profile="demo")
+        stale = _stale(work, env, dvc)
+        assert {"ingest", "split", "evaluate"} <= stale
+        assert {f"train@model_{i}" for i in range(4)} <= stale
+        assert "register" not in stale  # the demo profile changes no register key
+    finally:
+        (work / "params.yaml").write_text(original)
+        _run([*dvc, "repro", "--single-item", "params"], work, env)
+
+
+def test_dvc_exp_run_set_param(project) -> None:
+    work, env, dvc = project
+    # a top-level key the smoke profile does not override: only the register stage reruns
+    res = _run([*dvc, "exp", "run", "-S", "register.metric=accuracy", "-n", "acc"], work, env)
+    ran = set(re.findall(r"Running stage '([^']+)'", res.stdout))
+    assert ran == {"params", "register"}, res.stdout[-2000:]
+    registered = json.loads((work / "reports/register/registered.json").read_text())
+    assert registered["metric"] == "accuracy"
+    # a top-level key the selected profile overrides changes nothing: the profile wins
+    res = _run([*dvc, "exp", "run", "-S", "train.epochs=7", "-n", "shadowed"], work, env)
+    assert set(re.findall(r"Running stage '([^']+)'", res.stdout)) == {"params"}
+    shown = _run([*dvc, "exp", "show", "--json"], work, env).stdout
+    assert "acc" in shown
