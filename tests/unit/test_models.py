@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cxrflow.config import TrainParams
+from cxrflow.config import TrainParams, load_params
 from cxrflow.models import ARCHITECTURES, get_architecture, init_kind
 from cxrflow.models.base import PIPELINE_PREPROCESSING
 
@@ -42,6 +42,7 @@ class Spec:
     init: str = "scratch"
     unfreeze_last: int | None = None
     weights_path: str | None = None
+    allow_random_init: bool = False
 
 
 # ------------------------------------------------------------------------------- registry
@@ -236,9 +237,48 @@ def test_train_model_scratch_and_transfer_phases() -> None:
     assert r2.pretrained == "model_0"
 
 
-def test_model_3_without_weights_says_so(caplog: pytest.LogCaptureFixture) -> None:
+def test_model_3_without_weights_fails_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No weights file and no allow_random_init: a paper run stops before touching the data."""
+    import cxrflow.train
+
+    def no_datasets(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("datasets were built before the weights check")
+
+    monkeypatch.setattr(cxrflow.train, "make_tf_dataset", no_datasets)
+    with pytest.raises(ValueError, match="weights_path") as err:
+        train_model(
+            Spec("dataset_1", "resnet50", "imagenet", 11),
+            _params(),
+            CLASSES,
+            _tiny_data(12),
+            verbose=0,
+            model_key="model_3",
+        )
+    text = str(err.value)
+    for needed in (
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",  # what to download
+        "dvc add",  # how to track it
+        "models.model_3.weights_path",  # where to say where it is
+        "models.model_3.allow_random_init: true",  # or the demo's way out
+    ):
+        assert needed in text
+
+
+@pytest.mark.parametrize(
+    ("init", "weights", "allowed"),
+    [("scratch", None, False), ("imagenet", "w.h5", False), ("imagenet", None, True)],
+)
+def test_weights_check_passes_when_not_needed_or_allowed(
+    init: str, weights: str | None, allowed: bool
+) -> None:
+    get_architecture("resnet50").check_weights(init, weights, allowed, "model_3")
+
+
+def test_model_3_without_weights_trains_when_allowed_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     r = train_model(
-        Spec("dataset_1", "resnet50", "imagenet", 11),
+        Spec("dataset_1", "resnet50", "imagenet", 11, allow_random_init=True),
         _params(),
         CLASSES,
         _tiny_data(12),
@@ -298,15 +338,26 @@ def _expected_finetune(architecture: str, unfreeze_last: int | None, size: int) 
     }
 
 
+# Trainable parameters per phase (head, finetune), counted by hand from the layer shapes:
+# small_cnn at 32 px: classifier 128*3+3 = 387; whole net 320 + 18,496 + 73,856 + 147,584
+# (convs) + 65,664 (dense on 2*2*128) + 387 = 306,307. ResNet-50 (any size: global pooling):
+# classifier 2048*3+3 = 6,147; the last 11 backbone layers hold conv5_block3's 3 convs,
+# 1,049,088 + 2,359,808 + 1,050,624 (their BatchNorms stay frozen), + 6,147 = 4,465,667.
+MODEL_2_PARAMS = (387, 306_307)
+MODEL_3_PARAMS = (6_147, 4_465_667)
+
+
 @pytest.mark.parametrize(
-    ("architecture", "init", "unfreeze_last", "size", "n_finetune"),
+    ("architecture", "init", "unfreeze_last", "size", "n_finetune", "n_params"),
     [
-        ("small_cnn", "model_0", None, 32, 6),  # Model_2: the whole network
-        ("small_cnn", "model_1", 6, 32, 3),  # conv3, dense, classifier
-        ("small_cnn", "model_1", 2, 32, 2),  # dense, classifier
-        pytest.param("resnet50", "imagenet", 11, 32, 4, marks=pytest.mark.slow),  # 3 convs + head
-        pytest.param("resnet50", "imagenet", 0, 32, 1, marks=pytest.mark.slow),  # head only
-        pytest.param("resnet50", "model_3", None, 32, 54, marks=pytest.mark.slow),  # 53 convs
+        pytest.param("small_cnn", "model_0", None, 32, 6, MODEL_2_PARAMS, id="model_2"),
+        ("small_cnn", "model_1", 6, 32, 3, None),  # conv3, dense, classifier
+        ("small_cnn", "model_1", 2, 32, 2, None),  # dense, classifier
+        pytest.param(
+            "resnet50", "imagenet", 11, 32, 4, MODEL_3_PARAMS, marks=pytest.mark.slow, id="model_3"
+        ),  # 3 convs + head
+        pytest.param("resnet50", "imagenet", 0, 32, 1, None, marks=pytest.mark.slow),  # head only
+        pytest.param("resnet50", "model_3", None, 32, 54, None, marks=pytest.mark.slow),  # 53 convs
     ],
 )
 def test_trainable_layers_per_phase(
@@ -315,9 +366,15 @@ def test_trainable_layers_per_phase(
     unfreeze_last: int | None,
     size: int,
     n_finetune: int,
+    n_params: tuple[int, int] | None,
     resnet_weights: tuple[Path, list[np.ndarray]],
 ) -> None:
-    """Transfer and ImageNet init: shape, and exactly which layers train in each phase."""
+    """Transfer and ImageNet init: shape, and exactly which layers train in each phase.
+
+    The ``model_2`` and ``model_3`` cases are the paper's specs (checked against params.yaml by
+    :func:`test_paper_specs_are_the_ones_tested`): head = the classifier only (1 layer), then
+    6 layers (Model_2, the whole small CNN) and 4 layers (Model_3, 3 backbone convs + head).
+    """
     arch = get_architecture(architecture)
     weights = str(resnet_weights[0]) if init == "imagenet" else None
     spec = Spec("dataset_1", architecture, init, unfreeze_last, weights)
@@ -339,5 +396,16 @@ def test_trainable_layers_per_phase(
     expected = _expected_finetune(architecture, unfreeze_last, size)
     assert len(expected) == n_finetune
     assert seen["finetune"] == expected
+    assert len(seen["head"]) == 1 and len(seen["finetune"]) == n_finetune
     head, fine = result.phases
     assert head["trainable_params"] <= fine["trainable_params"]
+    if n_params is not None:
+        assert (head["trainable_params"], fine["trainable_params"]) == n_params
+
+
+def test_paper_specs_are_the_ones_tested() -> None:
+    """The trainable-layer cases ``model_2`` and ``model_3`` above are params.yaml's specs."""
+    models = load_params(Path(__file__).parents[2] / "params.yaml", "paper").models
+    got = {k: (models[k].architecture, models[k].init, models[k].unfreeze_last) for k in models}
+    assert got["model_2"] == ("small_cnn", "model_0", None)
+    assert got["model_3"] == ("resnet50", "imagenet", 11)

@@ -33,6 +33,7 @@ __all__ = [
     "CLASSIFIER_LAYER",
     "INIT_KINDS",
     "Architecture",
+    "architecture_of",
     "build_model",
     "freeze_all_but_classifier",
     "get_architecture",
@@ -77,3 +78,16 @@ def build_model(
     if init is None:
         init = "imagenet" if weights_path else "scratch"
     return arch.build(image_size, n_classes, init, weights_path)
+
+
+def architecture_of(model: Any) -> Architecture:
+    """The registered architecture that built ``model`` (matched on the Keras model's name).
+
+    Raises:
+        ValueError: No architecture builds models of that name.
+    """
+    for arch in ARCHITECTURES.values():
+        if arch.model_name == model.name:
+            return arch
+    known = sorted(a.model_name for a in ARCHITECTURES.values())
+    raise ValueError(f"no architecture builds a {model.name!r} model; known: {known}")

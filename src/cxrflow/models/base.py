@@ -38,7 +38,10 @@ class Architecture(abc.ABC):
     """One network family and the rules that go with it.
 
     Subclasses set the class attributes and implement :meth:`build` and :meth:`unfreeze`;
-    transfer from a trained model of the same architecture is shared (:meth:`transfer`).
+    transfer from a trained model of the same architecture is shared (:meth:`transfer`), and so
+    are the ImageNet-weights rule (:meth:`check_weights`) and Grad-CAM's view of a flat
+    functional model (:meth:`gradcam_layer`, :meth:`gradcam_model`), which an architecture
+    with a nested backbone overrides.
 
     Attributes:
         name: Registry name, as written in ``models.<key>.architecture``.
@@ -47,12 +50,17 @@ class Architecture(abc.ABC):
         init_kinds: The :data:`INIT_KINDS` this architecture accepts.
         in_model_preprocessing: What the model does to its ``(s, s, 1)`` uint8-valued input
             before the first learned layer.
+        imagenet_weights_file: The Keras weights file an ``imagenet`` init loads (named in the
+            error that asks for it); ``None`` where ``imagenet`` is not supported.
+        imagenet_weights_url: Where Keras publishes that file.
     """
 
     name: ClassVar[str]
     model_name: ClassVar[str]
     init_kinds: ClassVar[frozenset[str]]
     in_model_preprocessing: ClassVar[str]
+    imagenet_weights_file: ClassVar[str | None] = None
+    imagenet_weights_url: ClassVar[str | None] = None
 
     @property
     def preprocessing(self) -> str:
@@ -76,6 +84,58 @@ class Architecture(abc.ABC):
                 f"supported: {sorted(self.init_kinds)}"
             )
         return kind
+
+    def check_weights(
+        self,
+        init: str,
+        weights_path: str | None,
+        allow_random_init: bool,
+        model_key: str | None = None,
+    ) -> None:
+        """Refuse an ``imagenet`` init without a weights file unless random init is allowed.
+
+        Random weights are not the paper's pretrained model, so a run must ask for them
+        explicitly (``allow_random_init``, set by the demo and smoke profiles); the caller
+        checks this before any data is loaded, so a paper run fails in seconds, not after hours.
+
+        Args:
+            init: The spec's ``init``.
+            weights_path: The spec's ``weights_path``.
+            allow_random_init: The spec's ``allow_random_init``.
+            model_key: The model's key in ``params.yaml`` (for the message); ``None`` = ``<key>``.
+
+        Raises:
+            ValueError: ``init`` is ``imagenet``, ``weights_path`` is empty and random init is
+                not allowed; the message says how to provide and DVC-track the file.
+        """
+        if init_kind(init) != "imagenet" or weights_path or allow_random_init:
+            return
+        key = model_key or "<key>"
+        file = self.imagenet_weights_file or "the ImageNet weights file"
+        url = f" from {self.imagenet_weights_url}" if self.imagenet_weights_url else ""
+        raise ValueError(
+            f"models.{key}: init=imagenet ({self.name}) but models.{key}.weights_path is not set, "
+            "and weights are never downloaded during training. Provide the file once: download "
+            f"Keras' {file}{url}, track it with `dvc add <path>/{file}` (commit the .dvc file), "
+            f"and set models.{key}.weights_path: <path>/{file}. For a demo without pretrained "
+            f"weights set models.{key}.allow_random_init: true instead (the result is NOT the "
+            "paper's pretrained model)."
+        )
+
+    def gradcam_layer(self, model: Any) -> str:
+        """Name of the layer whose feature maps Grad-CAM weighs (:func:`last_conv_layer`).
+
+        An architecture whose convolutions sit in a nested backbone overrides this and
+        :meth:`gradcam_model`.
+        """
+        return last_conv_layer(model)
+
+    def gradcam_model(self, model: Any, layer_name: str | None = None) -> Any:
+        """A model mapping ``model``'s input to ``(feature maps, classifier input)``.
+
+        See :func:`flat_gradcam_model`; ``layer_name`` ``None`` = :meth:`gradcam_layer`.
+        """
+        return flat_gradcam_model(model, layer_name or self.gradcam_layer(model))
 
     @abc.abstractmethod
     def build(
@@ -149,3 +209,31 @@ def freeze_all_but_classifier(model: Any) -> None:
     """Only the ``classifier`` layer trains (the ``head`` phase of a transfer)."""
     for layer in model.layers:
         layer.trainable = layer.name == CLASSIFIER_LAYER
+
+
+def last_conv_layer(model: Any) -> str:
+    """Name of the last 2-D convolution among ``model``'s top-level layers.
+
+    Raises:
+        ValueError: There is none (e.g. the convolutions sit in a nested model).
+    """
+    from keras import layers
+
+    convs = [layer.name for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    if not convs:
+        raise ValueError(f"{model.name!r} has no top-level Conv2D layer for Grad-CAM")
+    return convs[-1]
+
+
+def flat_gradcam_model(model: Any, layer_name: str | None = None) -> Any:
+    """``input -> (feature maps of layer_name, input of the classifier)`` for a flat model.
+
+    Grad-CAM needs the class *logit*, which is the ``classifier`` layer's kernel and bias
+    applied to its input, returned here; the feature maps are those of ``layer_name``
+    (``None`` = :func:`last_conv_layer`). Works for any functional model whose layers are not
+    nested and whose last layer is the softmax ``classifier``.
+    """
+    import keras
+
+    feats = model.get_layer(layer_name or last_conv_layer(model)).output
+    return keras.Model(model.inputs, [feats, model.get_layer(CLASSIFIER_LAYER).input])

@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 BACKBONE = "resnet50"
 """Name of the nested ``keras.applications.ResNet50`` model inside the built model."""
 MODEL_NAME = "resnet50_cxr"
+TO_RGB, NORMALISE = "to_rgb", "imagenet_norm"
+"""Names of the layers before the backbone (Grad-CAM rebuilds the path through them)."""
+GRADCAM_LAYER = "conv5_block3_out"
+"""The backbone's last convolutional block output (input side / 32 on each axis)."""
+WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{WEIGHTS_FILE}"
 # caffe-mode ImageNet means (BGR). Grey input makes channel order irrelevant but keep it exact.
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -36,9 +42,9 @@ def build_resnet50(image_size: int, n_classes: int, weights_path: str | None = N
     from keras import layers
 
     inputs = keras.Input((image_size, image_size, 1), name="image")
-    x = layers.Concatenate(name="to_rgb")([inputs, inputs, inputs])
+    x = layers.Concatenate(name=TO_RGB)([inputs, inputs, inputs])
     x = layers.Normalization(
-        mean=list(IMAGENET_BGR_MEAN), variance=[1.0, 1.0, 1.0], name="imagenet_norm"
+        mean=list(IMAGENET_BGR_MEAN), variance=[1.0, 1.0, 1.0], name=NORMALISE
     )(x)
     base = keras.applications.ResNet50(
         include_top=False,
@@ -64,6 +70,8 @@ class ResNet50(Architecture):
     in_model_preprocessing: ClassVar[str] = (
         "grey -> 3 channels, minus ImageNet BGR means (keras resnet50 preprocess_input, caffe)"
     )
+    imagenet_weights_file: ClassVar[str | None] = WEIGHTS_FILE
+    imagenet_weights_url: ClassVar[str | None] = WEIGHTS_URL
 
     def build(
         self,
@@ -74,8 +82,9 @@ class ResNet50(Architecture):
     ) -> Any:
         """Build ResNet-50; ``imagenet`` loads the backbone from ``weights_path``.
 
-        ``imagenet`` without a weights file still builds (random weights) so that the pipeline
-        runs where the file is not available, but logs a loud warning: it is not Model_3.
+        ``imagenet`` without a weights file still builds (random weights) so that a demo runs
+        where the file is not available, but logs a loud warning: it is not Model_3. Training
+        refuses that unless the spec allows it (:meth:`Architecture.check_weights`).
         ``scratch`` ignores ``weights_path``.
         """
         kind = self._refuse_transfer_in_build(init)
@@ -107,3 +116,26 @@ class ResNet50(Architecture):
             if layer.name != BACKBONE:
                 layer.trainable = True
         return min(n, len(base.layers))
+
+    def gradcam_layer(self, model: Any) -> str:
+        """The backbone's last block output (a layer of the nested ``resnet50`` model)."""
+        return GRADCAM_LAYER
+
+    def gradcam_model(self, model: Any, layer_name: str | None = None) -> Any:
+        """``input -> (backbone feature maps, pooled features)`` through ``model``'s layers.
+
+        The backbone is a nested model, so its inner layers' outputs are not tensors of the
+        outer graph: the path is rebuilt from the outer layers (shared weights) around a
+        two-output view of the backbone. ``layer_name`` names a backbone layer.
+        """
+        import keras
+
+        base = model.get_layer(BACKBONE)
+        inner = keras.Model(
+            base.inputs, [base.get_layer(layer_name or GRADCAM_LAYER).output, base.output]
+        )
+        inputs = keras.Input(model.input.shape[1:], name="image")
+        x = model.get_layer(TO_RGB)([inputs, inputs, inputs])
+        x = model.get_layer(NORMALISE)(x)
+        feats, pooled = inner(x, training=False)
+        return keras.Model(inputs, [feats, pooled], name=f"{model.name}_gradcam")
