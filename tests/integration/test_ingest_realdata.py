@@ -2,6 +2,15 @@
 
 The figures asserted here are the ones PROVENANCE.md states for the sample, so a change in
 discovery, filtering or counting shows up as a failure naming the number that moved.
+
+Controls. Of the 2020-06-22 snapshot's 213 rows whose finding is not COVID-19, the 75 frontal
+X-rays with a bacterial, non-COVID viral or no finding are now the audit's same-source controls
+(never in a dataset): 67 with their file (bacterial 32: Streptococcus 11, Klebsiella 7, E.Coli 4,
+Legionella 4, Mycoplasma 4, Bacterial 2; No Finding 14; viral 21: SARS 16, Varicella 4,
+Influenza 1: the 32 and 14 the audit's issue measured) and 8 quarantined as missing files (No
+Finding 5, Streptococcus 2, Chlamydophila 1). The other 138 stay excluded as
+``not_covid_finding``: todo 78, Pneumocystis 17, Pneumonia 14, Lipoid 5, ARDS 4, and 20 lateral
+or CT rows of control findings.
 """
 
 from __future__ import annotations
@@ -112,47 +121,98 @@ def test_cohen_discovery_matches_provenance() -> None:
     assert by_reason.get(("view_not_frontal", False), 0) == 0
     assert by_reason[("modality_not_xray", True)] == 55  # COVID-19 CT present
     assert by_reason[("modality_not_xray", False)] == 25  # CT rows whose file is absent
-    assert [r.reason for r in disc.rejected] == ["missing_file"] * 34  # COVID frontal, no file
+    rejected = [(r.reason, r.cohort) for r in disc.rejected]
+    assert rejected.count(("missing_file", "study")) == 34  # COVID frontal, no file
+    assert rejected.count(("missing_file", "control")) == 8  # 5 No Finding, 3 bacterial
+    assert len(rejected) == 34 + 8
     assert len(disc.unreferenced) == 13
+    # the audit's controls: adult non-COVID frontal X-rays whose file is present
+    labels = [c.label for c in disc.controls]
+    assert (labels.count("bacterial"), labels.count("normal"), labels.count("viral")) == (
+        32,
+        14,
+        21,
+    )
+    assert len({c.patient_id for c in disc.controls}) == 38
+    assert {c.cohort for c in disc.controls} == {"control"}
+    assert by_reason[("not_covid_finding", True)] == 134
+    assert by_reason[("not_covid_finding", False)] == 4
+    assert disc.rows == len(disc.candidates) + len(disc.controls) + 242 + 42
 
 
 def test_cohen_ingest(tmp_path: Path) -> None:
     rep = ingest(tmp_path, PARAMS, [("cohen", COHEN)])
     assert rep.considered == 751 and adds_up(rep)
-    assert rep.stages["after_filter"] == {"cohen": {"covid": 434}}
-    assert rep.stages["after_quarantine"] == {"cohen": {"covid": 400}}
-    assert rep.patients["after_quarantine"] == {"cohen": {"covid": 244}}
-    assert rep.quarantine_reasons == {"missing_file": 34}
+    controls = {"control:bacterial": 35, "control:normal": 19, "control:viral": 21}
+    assert rep.stages["after_filter"] == {"cohen": {"covid": 434, **controls}}
+    controls = {"control:bacterial": 32, "control:normal": 14, "control:viral": 21}
+    assert rep.stages["after_quarantine"] == {"cohen": {"covid": 400, **controls}}
+    assert rep.patients["after_quarantine"] == {
+        "cohen": {"covid": 244, "control:bacterial": 16, "control:normal": 12, "control:viral": 10}
+    }
+    assert rep.quarantine_reasons == {"missing_file": 34 + 8}
+    # 213 rows of other findings before controls existed: 75 are controls now, 138 stay out
     assert rep.excluded_reasons == {
-        "cohen": {"modality_not_xray": 80, "not_covid_finding": 213, "view_not_frontal": 24}
+        "cohen": {"modality_not_xray": 80, "not_covid_finding": 138, "view_not_frontal": 24}
     }
     assert rep.excluded_file_present["cohen"]["modality_not_xray"] == 55
     excluded = pd.read_csv(tmp_path / EXCLUDED_FILE, dtype=str, keep_default_na=False)
-    assert len(excluded) == rep.excluded_by_filter == 80 + 213 + 24  # listed by file
+    assert len(excluded) == rep.excluded_by_filter == 80 + 138 + 24  # listed by file
+    kept_findings = set(excluded.loc[excluded["reason"] == "not_covid_finding", "detail"])
+    assert "finding='Pneumocystis'" in kept_findings and "finding='todo'" in kept_findings
     assert excluded.groupby("reason").size().to_dict() == rep.excluded_reasons["cohen"]
     assert (excluded["file_present"] == "true").sum() == sum(
         rep.excluded_file_present["cohen"].values()
     )
     assert rep.unreferenced == 13
-    # the same radiograph posted twice (e.g. Radiopaedia and Eurorad) collapses
-    assert rep.kept + rep.duplicates_collapsed == 400 and rep.duplicates_collapsed >= 5
+    # the same radiograph posted twice (e.g. Radiopaedia and Eurorad) collapses: 7 COVID-19
+    # films, and one Legionella file that two metadata rows (patients 287 and 340) name
+    assert rep.kept + rep.duplicates_collapsed == 400 + 67 and rep.duplicates_collapsed == 8
+    assert rep.stages["after_dedupe"]["cohen"] == {
+        "covid": 393,
+        "control:bacterial": 31,
+        "control:normal": 14,
+        "control:viral": 21,
+    }
+    assert rep.controls_by_finding["cohen"] == {
+        "Bacterial": 2,
+        "E.Coli": 4,
+        "Influenza": 1,
+        "Klebsiella": 7,
+        "Legionella": 3,
+        "Mycoplasma Bacterial Pneumonia": 4,
+        "No Finding": 14,
+        "SARS": 16,
+        "Streptococcus": 11,
+        "Varicella": 4,
+    }
     dups = pd.read_csv(tmp_path / "duplicates.csv", dtype=str, keep_default_na=False)
-    assert set(dups["kind"]) == {"near"} and (dups["distance"].astype(int) <= 4).all()
+    assert dups["kind"].value_counts().to_dict() == {"near": 7, "exact": 1}
+    assert (dups["distance"].astype(int) <= 4).all()
     m = read_manifest(tmp_path)
-    assert set(m["label"]) == {"covid"} and set(m["source"]) == {"cohen"}
+    study = m[m["cohort"] == "study"]
+    assert set(study["label"]) == {"covid"} and set(m["source"]) == {"cohen"}
+    assert set(study["finding"]) == {"COVID-19", "COVID-19, ARDS"}
     assert set(m["view"]) == {"PA", "AP Supine", "AP"}
     assert m["original_path"].str.startswith("cohen-2020-06-22/images/").all()
     assert all((tmp_path / p).is_file() for p in m["path"])  # copied
     assert {"adult", "unknown"} <= set(m["age_group"])
+    control = m[m["cohort"] == "control"]
+    assert control["label"].value_counts().to_dict() == {"bacterial": 31, "viral": 21, "normal": 14}
+    assert set(control["age_group"]) == {"adult", "unknown"}
 
 
 def test_cohen_two_roots(tmp_path: Path) -> None:
     rep = ingest(tmp_path, PARAMS, [("cohen", COHEN), ("cohen", SUPPLEMENT)], copy_images=False)
     assert rep.considered == 751 + 758 and adds_up(rep)
     assert rep.unreferenced == 13 + 4
-    assert rep.stages["after_quarantine"] == {"cohen": {"covid": 401}}
-    # the supplement is a partial copy: its other rows are reported as missing files
-    assert rep.quarantine_by_source["cohen"] == {"missing_file": 34 + 428}
+    assert rep.stages["after_quarantine"] == {
+        "cohen": {"covid": 401, "control:bacterial": 34, "control:normal": 14, "control:viral": 21}
+    }
+    # the supplement is a partial copy: its other rows are reported as missing files (its 2
+    # new controls, Chlamydophila and Streptococcus, are among its 30 images)
+    assert rep.quarantine_by_source["cohen"] == {"missing_file": 34 + 428 + 8 + 66}
+    assert rep.controls_by_finding["cohen"]["Chlamydophila"] == 1
 
 
 @pytest.mark.parametrize("csv_path", METADATA_VERSIONS, ids=lambda p: p.name[:10])
@@ -168,9 +228,15 @@ def test_latest_metadata_hierarchical_findings() -> None:
     latest = next(p for p in METADATA_VERSIONS if p.name.startswith("latest"))
     disc = discover_cohen(COHEN, CohenFilter(), latest)
     assert disc.rows == 950
-    frontal_covid = len(disc.candidates) + len(disc.rejected)
+    frontal_covid = len(disc.candidates) + sum(r.cohort == "study" for r in disc.rejected)
     assert frontal_covid == 478  # PROVENANCE: 478 COVID-19 frontal X-ray rows
     assert {r.reason for r in disc.rejected} <= {"missing_file"}
+    # hierarchical findings (Pneumonia/Bacterial/Klebsiella, ...) make controls as flat ones do
+    assert len(disc.controls) == 66 and {c.label for c in disc.controls} == {
+        "bacterial",
+        "normal",
+        "viral",
+    }
 
 
 def test_metadata_without_finding_names_the_column(tmp_path: Path) -> None:

@@ -61,6 +61,12 @@ def test_ingest_counts_add_up_and_are_labelled_real(steps: dict) -> None:
     )
     assert 380 <= after["cohen"]["covid"] <= 401
     assert rep["quarantine_reasons"] == {"missing_file": rep["quarantined"]}
+    # Cohen's adult non-COVID frontal X-rays are kept as the audit's controls (both roots)
+    assert {k: v for k, v in after["cohen"].items() if k.startswith("control:")} == {
+        "control:bacterial": 33,
+        "control:normal": 14,
+        "control:viral": 21,
+    }
 
 
 def test_validation_gate_passes_on_real_data(steps: dict) -> None:
@@ -84,3 +90,19 @@ def test_paper_dataset_1_split_is_patient_safe_and_reports_traps(steps: dict) ->
     assert d1["label"].value_counts()["bacterial"] == 500
     links = json.loads((steps["tmp"] / "dataset" / "ingest_report.json").read_text())
     assert links["patient_links"], "Cohen files one film under two patient ids"
+
+
+def test_controls_never_enter_a_dataset(steps: dict) -> None:
+    from cxrflow.data.manifest import read_manifest
+    from cxrflow.data.split import select_controls
+
+    m = read_manifest(steps["tmp"] / "dataset")
+    controls = select_controls(m)
+    assert len(controls) == 33 + 14 + 21 and set(controls["source"]) == {"cohen"}
+    for name in ("dataset_0", "dataset_1"):
+        t = pd.read_csv(steps["tmp"] / "splits" / f"{name}.csv", dtype=str)
+        assert not set(t["image_id"]) & set(controls["image_id"]), name
+        assert set(t["cohort"]) == {"study"}, name
+    report = steps["split"]["report"]
+    assert sum(report["controls"].values()) == len(controls)
+    assert report["controls"]["cohen|normal|No Finding"] == 14

@@ -27,7 +27,12 @@ from cxrflow.data.manifest import (
 )
 from cxrflow.data.neardup import NEAR_DUPLICATE_MAX_RMSE, near_duplicate_pairs
 from cxrflow.data.sources import Candidate, Rejected
-from cxrflow.data.sources.cohen import CohenSource, cohen_age_group, discover_cohen
+from cxrflow.data.sources.cohen import (
+    CohenSource,
+    cohen_age_group,
+    cohen_control_label,
+    discover_cohen,
+)
 from cxrflow.data.sources.kermany import (
     discover_kermany,
     find_kermany_root,
@@ -137,7 +142,8 @@ def layout(tmp_path: Path) -> tuple[Path, Path]:
             cohen_row("9", "c.jpg", finding="Pneumonia/Viral/COVID-19", view=" AP "),
             cohen_row("9", "lat.jpg", view="L"),
             cohen_row("9", "ct.jpg", modality="CT", view="Axial"),
-            cohen_row("10", "sars.jpg", finding="SARS"),
+            cohen_row("10", "sars.jpg", finding="SARS"),  # an adult non-COVID X-ray: a control
+            cohen_row("12", "pcp.jpg", finding="Pneumocystis"),  # no control label: excluded
             cohen_row("11", "gone.jpg"),
         ],
         {
@@ -148,6 +154,7 @@ def layout(tmp_path: Path) -> tuple[Path, Path]:
             "images/lat.jpg": jpeg_bytes(smooth_image(13)),
             "images/ct.jpg": jpeg_bytes(smooth_image(14)),
             "images/sars.jpg": jpeg_bytes(smooth_image(15)),
+            "images/pcp.jpg": jpeg_bytes(smooth_image(17)),
             "images/orphan.jpg": jpeg_bytes(smooth_image(16)),
         },
     )
@@ -267,9 +274,19 @@ def test_cohen_age_group(age: str, group: str) -> None:
 def test_discover_cohen_filters_and_counts(layout: tuple[Path, Path]) -> None:
     _, cohen = layout
     disc = discover_cohen(cohen, CohenFilter())
-    assert disc.rows == 8
+    assert disc.rows == 9
     by_name = {Path(c.original_path).name: c for c in disc.candidates}
     assert sorted(by_name) == ["a-again.jpg", "a.jpg", "b.png", "c.jpg"]
+    assert {c.cohort for c in disc.candidates} == {"study"}
+    assert by_name["c.jpg"].finding == "Pneumonia/Viral/COVID-19"
+    (control,) = disc.controls
+    assert (control.original_path, control.label, control.cohort, control.finding) == (
+        "cohen-v1/images/sars.jpg",
+        "viral",
+        "control",
+        "SARS",
+    )
+    assert (control.patient_id, control.view, control.age_group) == ("cohen:10", "PA", "adult")
     assert by_name["c.jpg"].view == "AP"  # stripped; hierarchical finding matched
     assert by_name["b.png"].age_group == "pediatric"
     assert by_name["a.jpg"].patient_id == "cohen:7"
@@ -290,8 +307,10 @@ def test_cohen_filter_ignores_case_of_finding_and_spaces(tmp_path: Path) -> None
         cohen_row("1", "lower.jpg", finding="covid-19"),
         cohen_row("2", "mixed.jpg", finding="Pneumonia/Viral/Covid-19"),
         cohen_row("3", "spaced.jpg", modality=" X-ray ", view="  AP  Supine "),
-        cohen_row("4", "sars.jpg", finding="sars"),
+        cohen_row("4", "sars.jpg", finding="sars"),  # a control, however written
+        cohen_row("4", "sars-lat.jpg", finding="sars", view="L"),  # a control must be frontal
         cohen_row("5", "ct.jpg", finding="COVID-19", modality=" CT ", view="Axial"),
+        cohen_row("6", "todo.jpg", finding="todo"),
     ]
     files = {f"images/{r['filename']}": jpeg_bytes(smooth_image(i)) for i, r in enumerate(rows)}
     root = make_cohen(tmp_path / "c", rows, files)
@@ -305,11 +324,106 @@ def test_cohen_filter_ignores_case_of_finding_and_spaces(tmp_path: Path) -> None
     assert sorted((e.reason, e.detail) for e in disc.excluded) == [
         ("modality_not_xray", "modality='CT'"),
         ("not_covid_finding", "finding='sars'"),
+        ("not_covid_finding", "finding='todo'"),
     ]
+    assert [(Path(c.original_path).name, c.label) for c in disc.controls] == [("sars.jpg", "viral")]
     # the configured values are compared the same way
     flt = CohenFilter(finding_contains="covid-19", modalities=(" X-ray",), views=("PA ",))
     got = discover_cohen(root, flt)
     assert {Path(c.original_path).name for c in got.candidates} == {"lower.jpg", "mixed.jpg"}
+
+
+# every non-COVID finding of the real collection (2020-06 flat and latest hierarchical forms)
+@pytest.mark.parametrize(
+    ("finding", "label"),
+    [
+        ("Streptococcus", "bacterial"),
+        ("Klebsiella", "bacterial"),
+        ("E.Coli", "bacterial"),
+        ("Legionella", "bacterial"),
+        ("Chlamydophila", "bacterial"),
+        ("Mycoplasma Bacterial Pneumonia", "bacterial"),
+        ("Bacterial", "bacterial"),
+        ("Pneumonia/Bacterial/Staphylococcus/MRSA", "bacterial"),
+        ("Pneumonia/Bacterial/Nocardia", "bacterial"),
+        ("No Finding", "normal"),
+        (" no  finding ", "normal"),
+        ("SARS", "viral"),
+        ("Influenza", "viral"),
+        ("Varicella", "viral"),
+        ("Pneumonia/Viral/MERS-CoV", "viral"),
+        ("Pneumonia/Viral/Influenza/H1N1", "viral"),
+        ("Pneumonia/Viral/Herpes", "viral"),
+        ("Pneumocystis", None),
+        ("Pneumonia/Fungal/Aspergillosis", None),
+        ("Tuberculosis", None),
+        ("Lipoid", None),
+        ("ARDS", None),
+        ("Pneumonia", None),
+        ("Pneumonia/Aspiration", None),
+        ("todo", None),
+        ("Unknown", None),
+        ("", None),
+        ("SARS-CoV-2", None),  # never a control, even without the words COVID-19
+        ("Pneumonia/Viral/nCoV", None),
+        ("Bacterial/Viral", None),  # both kinds: undecidable
+    ],
+)
+def test_cohen_control_label(finding: str, label: str | None) -> None:
+    assert cohen_control_label(finding) == label
+
+
+def test_controls_are_quarantined_like_study_rows_and_not_counted(tmp_path: Path) -> None:
+    rows = [
+        cohen_row("1", "covid.jpg"),
+        cohen_row("2", "strep.jpg", finding="Streptococcus", view="AP"),
+        cohen_row("3", "gone.jpg", finding="No Finding"),
+        cohen_row("4", "strep-copy.jpg", finding="Klebsiella"),  # the Kermany film, re-filed
+    ]
+    bacterial = jpeg_bytes(smooth_image(3))
+    files = {
+        "images/covid.jpg": jpeg_bytes(smooth_image(1)),
+        "images/strep.jpg": jpeg_bytes(smooth_image(2)),
+        "images/strep-copy.jpg": bacterial,
+    }
+    cohen = make_cohen(tmp_path / "c", rows, files)
+    kermany = make_kermany(tmp_path / "k", {"train/PNEUMONIA/person1_bacteria_1.jpeg": bacterial})
+    disc = discover_cohen(cohen, CohenFilter())
+    assert [(r.reason, r.label, r.cohort) for r in disc.rejected] == [
+        ("missing_file", "normal", "control")
+    ]
+    assert "control, finding='No Finding'" in disc.rejected[0].detail
+    # the data-version listing counts study rows only, as discovery's count_records does
+    listing = ["metadata.csv", *files]
+    counts = CohenSource().count_labels(
+        listing, lambda rel: (cohen / rel).read_bytes(), IngestParams()
+    )
+    assert counts == {"covid": 1}
+    # a control identical to a study image of the same label: the study image is kept
+    rep = ingest(tmp_path / "ds", serial(), [("cohen", cohen), ("kermany", kermany)])
+    assert rep.stages["after_dedupe"] == {
+        "cohen": {"control:bacterial": 1, "covid": 1},
+        "kermany": {"bacterial": 1},
+    }
+    assert rep.quarantine_reasons == {"missing_file": 1}
+    m = read_manifest(tmp_path / "ds")
+    assert sorted(m.loc[m["cohort"] == "control", "finding"]) == ["Streptococcus"]
+    d = pd.read_csv(tmp_path / "ds" / "duplicates.csv", dtype=str, keep_default_na=False)
+    assert d[["kept_source", "dropped_original_path"]].values.tolist() == [
+        ["kermany", "c/images/strep-copy.jpg"]
+    ]
+
+
+def test_a_manifest_without_cohort_reads_as_study(
+    layout: tuple[Path, Path], tmp_path: Path
+) -> None:
+    kermany, _ = layout
+    ingest(tmp_path, serial(), [("kermany", kermany)])
+    path = tmp_path / "manifest.csv"
+    old = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["cohort", "finding"])
+    old.to_csv(path, index=False)
+    m = read_manifest(tmp_path)
+    assert set(m["cohort"]) == {"study"} and set(m["finding"]) == {""}
 
 
 def test_cohen_filter_is_configurable(layout: tuple[Path, Path]) -> None:
@@ -339,12 +453,12 @@ def test_ingest_end_to_end(layout: tuple[Path, Path], tmp_path: Path) -> None:
     rep = ingest(out, serial(), [("kermany", kermany), ("cohen", cohen)])
 
     # every input accounted for exactly once
-    assert rep.considered == 7 + 8
+    assert rep.considered == 7 + 9
     assert rep.considered == (
         rep.kept + rep.quarantined + rep.excluded_by_filter + rep.duplicates_collapsed
     )
     assert (rep.kept, rep.quarantined, rep.excluded_by_filter, rep.duplicates_collapsed) == (
-        6 + 3,
+        6 + 3 + 1,  # the SARS row is kept, as a control
         1,
         3,
         2,
@@ -355,14 +469,15 @@ def test_ingest_end_to_end(layout: tuple[Path, Path], tmp_path: Path) -> None:
     }
     assert rep.unreferenced == 1
     assert rep.stages["discovered"]["kermany"] == {"bacterial": 2, "normal": 3, "viral": 2}
-    assert rep.stages["discovered"]["cohen"] == {"covid": 7, "other": 1}
-    assert rep.stages["after_filter"]["cohen"] == {"covid": 5}
-    assert rep.stages["after_quarantine"]["cohen"] == {"covid": 4}
+    assert rep.stages["discovered"]["cohen"] == {"control:viral": 1, "covid": 7, "other": 1}
+    assert rep.stages["after_filter"]["cohen"] == {"control:viral": 1, "covid": 5}
+    assert rep.stages["after_quarantine"]["cohen"] == {"control:viral": 1, "covid": 4}
     assert rep.stages["after_dedupe"] == {
-        "cohen": {"covid": 3},
+        "cohen": {"control:viral": 1, "covid": 3},
         "kermany": {"bacterial": 2, "normal": 2, "viral": 2},
     }
-    assert rep.patients["after_dedupe"]["cohen"]["covid"] == 3
+    assert rep.patients["after_dedupe"]["cohen"] == {"control:viral": 1, "covid": 3}
+    assert rep.controls_by_finding == {"cohen": {"SARS": 1}}
 
     # manifest: exact columns, sorted, relative content-addressed paths that exist
     text = (out / "manifest.csv").read_text()
@@ -381,6 +496,12 @@ def test_ingest_end_to_end(layout: tuple[Path, Path], tmp_path: Path) -> None:
     assert set(k["source_split"]) == {"train", "test"}
     b = m[m["original_path"] == "cohen-v1/images/b.png"].iloc[0]
     assert (b["view"], b["age_group"], b["source_split"]) == ("AP Supine", "pediatric", "")
+    assert (b["cohort"], b["finding"]) == ("study", "COVID-19")
+    assert set(k["cohort"]) == {"study"} and set(k["finding"]) == {""}
+    controls = m[m["cohort"] == "control"]
+    assert controls[["original_path", "label", "finding"]].values.tolist() == [
+        ["cohen-v1/images/sars.jpg", "viral", "SARS"]
+    ]
     assert len(list((out / "images").rglob("*.*"))) == len(m)  # nothing stray stored
 
     # side files
@@ -394,7 +515,13 @@ def test_ingest_end_to_end(layout: tuple[Path, Path], tmp_path: Path) -> None:
     assert x[["original_path", "label", "reason", "detail", "file_present"]].values.tolist() == [
         ["cohen-v1/images/ct.jpg", "covid", "modality_not_xray", "modality='CT'", "true"],
         ["cohen-v1/images/lat.jpg", "covid", "view_not_frontal", "view='L'", "true"],
-        ["cohen-v1/images/sars.jpg", "other", "not_covid_finding", "finding='SARS'", "true"],
+        [
+            "cohen-v1/images/pcp.jpg",
+            "other",
+            "not_covid_finding",
+            "finding='Pneumocystis'",
+            "true",
+        ],
     ]
     assert set(x["source"]) == {"cohen"}
     saved = json.loads((out / "ingest_report.json").read_text())
@@ -403,7 +530,8 @@ def test_ingest_end_to_end(layout: tuple[Path, Path], tmp_path: Path) -> None:
     assert rep.images_per_s > 0 and rep.elapsed_s > 0
 
     summary = summarize_report(rep)
-    assert "considered 15 = kept 9 + quarantined 1 + excluded 3 + duplicates 2" in summary
+    assert "considered 16 = kept 10 + quarantined 1 + excluded 3 + duplicates 2" in summary
+    assert "controls kept (cohen, never in a dataset): SARS 1" in summary
     assert summarize_report(saved) == summary
 
 

@@ -9,17 +9,23 @@ import pytest
 
 from cxrflow.config import SplitParams
 from cxrflow.data.manifest import MANIFEST_COLUMNS
-from cxrflow.data.split import grouped_split, split_manifest, undersample
+from cxrflow.data.split import (
+    grouped_split,
+    select_controls,
+    select_dataset_rows,
+    split_manifest,
+    undersample,
+)
 
 
 def make_manifest(
-    per_class: dict[tuple[str, str], int], images_per_patient: int = 3
+    per_class: dict[tuple[str, str], int], images_per_patient: int = 3, cohort: str = "study"
 ) -> pd.DataFrame:
     rows = []
     for (source, label), n in per_class.items():
         for i in range(n):
-            pid = f"{source}:{label}-p{i // images_per_patient}"
-            sha = hashlib.sha256(f"{source}{label}{i}".encode()).hexdigest()
+            pid = f"{source}:{label}-{cohort}-p{i // images_per_patient}"
+            sha = hashlib.sha256(f"{source}{label}{cohort}{i}".encode()).hexdigest()
             rows.append(
                 {
                     "image_id": sha[:16],
@@ -38,6 +44,10 @@ def make_manifest(
                     "phash": "0" * 16,
                     "original_path": f"{label}/{i}.png",
                     "source_split": "",
+                    "cohort": cohort,
+                    "finding": {"normal": "No Finding", "covid": "COVID-19"}.get(label, label)
+                    if source == "cohen"
+                    else "",
                 }
             )
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
@@ -153,3 +163,47 @@ def test_datasets_take_what_each_source_contributes() -> None:
     assert set(tables["dataset_1"]["label"]) == {"normal", "covid"}
     with pytest.raises(ValueError, match=r"unknown source 'nih'"):
         split_manifest(make_manifest({("nih", "normal"): 30}), SplitParams())
+
+
+def with_controls(manifest: pd.DataFrame) -> pd.DataFrame:
+    """``manifest`` plus control rows of labels every dataset takes (from both sources)."""
+    controls = make_manifest(
+        {("cohen", "bacterial"): 9, ("cohen", "normal"): 6, ("kermany", "normal"): 6},
+        cohort="control",
+    )
+    return pd.concat([manifest, controls], ignore_index=True)
+
+
+def test_controls_never_enter_a_dataset(manifest: pd.DataFrame) -> None:
+    """A control row is never selected, whatever its source and label: not even with targets
+    larger than the study rows, nor a control labelled like a Kermany study row."""
+    m = with_controls(manifest)
+    control_ids = set(m.loc[m["cohort"] == "control", "image_id"])
+    assert len(control_ids) == 21
+    counts = {"normal": 10_000, "bacterial": 10_000, "covid": 10_000}
+    tables, report = split_manifest(m, SplitParams(dataset_1_counts=counts))
+    for name, table in tables.items():
+        assert not control_ids & set(table["image_id"]), name
+        assert set(table["cohort"]) == {"study"}, name
+        assert len(select_dataset_rows(m, name)) == len(select_dataset_rows(manifest, name))
+    assert report.controls == {
+        "cohen|bacterial|bacterial": 9,
+        "cohen|normal|No Finding": 6,
+        "kermany|normal|": 6,
+    }
+    assert report.to_dict()["controls"] == report.controls
+    # the split of the study rows does not move when controls are added
+    alone, _ = split_manifest(manifest, SplitParams(dataset_1_counts=counts))
+    for name, table in tables.items():
+        pd.testing.assert_frame_equal(table, alone[name])
+
+
+def test_select_controls_leaves_out_patients_a_model_has_seen(manifest: pd.DataFrame) -> None:
+    m = with_controls(manifest)
+    controls = select_controls(m)
+    assert len(controls) == 21 and set(controls["cohort"]) == {"control"}
+    assert list(controls["image_id"]) == sorted(controls["image_id"])
+    seen = controls["patient_id"].iloc[0]  # a patient of three control images
+    assert len(select_controls(m, exclude_patients=[seen, "kermany:nobody"])) == 21 - 3
+    assert select_controls(manifest).empty
+    assert select_controls(manifest.drop(columns=["cohort"])).empty

@@ -431,3 +431,92 @@ def test_phantom_label_travels_with_each_source_tree(tmp_path: Path) -> None:
     assert is_phantom(phantom.cohen_dir)
     assert (phantom.kermany_dir.parent / "PHANTOM.md").is_file()
     assert not is_phantom(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit options: controls, no source shortcut, a planted marker
+
+
+def test_other_findings_become_controls_at_ingest(phantom: PhantomSummary, tmp_path: Path) -> None:
+    """Streptococcus / No Finding / SARS rows are frontal adult X-rays: the audit's controls."""
+    from cxrflow.config import IngestParams
+    from cxrflow.data.ingest import ingest
+    from cxrflow.data.manifest import read_manifest
+
+    rep = ingest(tmp_path, IngestParams(workers=1), phantom.sources, origin="phantom")
+    rows = _read_metadata(phantom.cohen_dir)
+    other = [r for r in rows if r["finding"] != "COVID-19"]
+    assert all(r["view"] in FRONTAL and r["modality"] == "X-ray" for r in other)
+    m = read_manifest(tmp_path)
+    controls = m[m["cohort"] == "control"]
+    assert set(controls["source"]) == {"cohen"} and set(controls["age_group"]) == {"adult"}
+    expected = {f: sum(r["finding"] == f for r in other) for f in {r["finding"] for r in other}}
+    assert rep.controls_by_finding["cohen"] == expected  # no duplicate among them
+    label = {"Streptococcus": "bacterial", "No Finding": "normal", "SARS": "viral"}
+    pairs = zip(controls["finding"], controls["label"], strict=True)
+    assert all(label[f] == lab for f, lab in pairs)
+    assert rep.excluded_reasons["cohen"].get("not_covid_finding", 0) == 0  # PARAMS: 2 findings
+
+
+def test_control_fraction_sets_the_other_findings(tmp_path: Path) -> None:
+    params = SynthParams(
+        patients_per_class=8, images_per_patient_max=1, min_side=32, max_side=40,
+        control_fraction=0.5, seed=4,
+    )  # fmt: skip
+    rows = _read_metadata(generate_phantom(tmp_path, params).cohen_dir)
+    patients = {r["patientid"]: r["finding"] for r in rows if r["finding"] != "COVID-19"}
+    assert sorted(patients.values()) == sorted(
+        ["Streptococcus", "No Finding", "SARS", "Pneumocystis"]
+    )
+
+
+def test_planted_marker_is_burned_into_one_label_only(tmp_path: Path) -> None:
+    from cxrflow.data.synthetic import MARKER_COLS, MARKER_ROWS
+
+    marked = generate_phantom(
+        tmp_path / "m", SynthParams(**{**PARAMS.__dict__, "planted_marker": "covid"})
+    )
+    plain = generate_phantom(tmp_path / "p", PARAMS)
+    assert marked.counts == plain.counts
+    a, b = _tree_digest(tmp_path / "m"), _tree_digest(tmp_path / "p")
+    changed = {k for k in a if a[k] != b[k] and not k.endswith("PHANTOM.md")}
+    covid = {f"cohen/images/{r['filename']}" for r in _read_metadata(marked.cohen_dir)
+             if r["finding"] == "COVID-19"}  # fmt: skip
+    assert changed == covid  # frontal, lateral and CT: every covid image, nothing else
+    for rel in sorted(changed):
+        with Image.open(tmp_path / "m" / rel) as im1, Image.open(tmp_path / "p" / rel) as im2:
+            x, y = np.asarray(im1, dtype=float), np.asarray(im2, dtype=float)
+        h, w = x.shape
+        r0, r1 = (round(f * h) for f in MARKER_ROWS)
+        c0, c1 = (round(f * w) for f in MARKER_COLS)
+        assert x[r0 + 1 : r1 - 1, c0 + 1 : c1 - 1].min() > 235, rel  # white (JPEG ringing aside)
+        outside = np.ones_like(x, dtype=bool)
+        outside[max(r0 - 8, 0) : r1 + 8, max(c0 - 8, 0) : c1 + 8] = False
+        assert np.abs(x - y)[outside].max() <= 24, rel  # the rest is the same radiograph
+    assert "Planted shortcut: every `covid` image" in (tmp_path / "m" / "PHANTOM.md").read_text()
+
+
+def test_without_source_shortcut_ages_and_views_are_not_tied_to_the_source(
+    tmp_path: Path,
+) -> None:
+    params = SynthParams(**{**PARAMS.__dict__, "patients_per_class": 12, "source_shortcut": False})
+    summary = generate_phantom(tmp_path, params)
+    rows = _read_metadata(summary.cohen_dir)
+    frontal = [r for r in rows if r["view"] in FRONTAL]
+    ages = [int(r["age"]) for r in frontal]
+    assert min(ages) < 18 <= 30 <= max(ages)  # children and adults in Cohen's collection
+    assert {r["view"] for r in frontal if r["finding"] != "COVID-19"} >= {"PA"}
+    assert "None by anatomy" in (tmp_path / "PHANTOM.md").read_text()
+    # the same files and names as with the shortcut: only pixels (and ages, views) differ
+    plain = generate_phantom(
+        tmp_path / "plain", SynthParams(**{**params.__dict__, "source_shortcut": True})
+    )
+    assert set(_tree_digest(summary.kermany_dir)) == set(_tree_digest(plain.kermany_dir))
+    assert summary.counts == plain.counts
+
+
+def test_marker_param_must_name_a_label() -> None:
+    from cxrflow.config import ParamsError, params_from_dict
+
+    with pytest.raises(ParamsError, match=r"data\.synth\.planted_marker"):
+        params_from_dict({"data": {"synth": {"planted_marker": "dog"}}})

@@ -61,6 +61,8 @@ def make_manifest(counts: Mapping[str, int] | None = None) -> pd.DataFrame:
                     "phash": "0f" * 8,
                     "original_path": f"{label}/{i}.png",
                     "source_split": "train",
+                    "cohort": "study",
+                    "finding": "COVID-19" if source == "cohen" else "",
                 }
             )
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
@@ -224,6 +226,55 @@ def test_bad_label_fails_naming_label_and_its_tiny_class() -> None:
     )
 
 
+def with_controls(df: pd.DataFrame, findings: Mapping[str, str]) -> pd.DataFrame:
+    """``df`` plus one Cohen control row per ``finding -> label``."""
+    rows = []
+    for i, (finding, label) in enumerate(findings.items()):
+        sha = _sha(f"control-{i}")
+        rows.append(
+            {
+                **df.iloc[0].to_dict(),
+                "image_id": sha[:16],
+                "sha256": sha,
+                "path": f"images/{sha[:2]}/{sha}.png",
+                "label": label,
+                "source": "cohen",
+                "patient_id": f"cohen:control-{i}",
+                "age_group": "adult",
+                "cohort": "control",
+                "finding": finding,
+            }
+        )
+    return pd.concat([df, pd.DataFrame(rows)], ignore_index=True)
+
+
+CONTROLS = {"Streptococcus": "bacterial", "No Finding": "normal", "SARS": "viral", "Flu": "viral"}
+
+
+def test_control_rows_pass_and_do_not_count_towards_a_class() -> None:
+    assert validate_manifest(with_controls(make_manifest(), CONTROLS), PARAMS).success
+    # 2 study viral rows + 2 viral controls: still 2 rows of the class a model can train on
+    df = with_controls(
+        make_manifest({"normal": 4, "bacterial": 4, "viral": 2, "covid": 4}), CONTROLS
+    )
+    failure = only_failure(validate_manifest(df, PARAMS))
+    assert (failure.column, failure.examples) == ("class_count", ("viral: 2 rows",))
+    assert "study rows" in failure.description
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "example"),
+    [("label", "covid", "covid"), ("finding", "", "''"), ("cohort", "audit", "audit")],
+    ids=["covid_control", "no_finding", "cohort"],
+)
+def test_bad_control_rows_fail(column: str, value: str, example: str) -> None:
+    df = with_controls(make_manifest(), CONTROLS)
+    df.loc[len(df) - 1, column] = value
+    failure = only_failure(validate_manifest(df, PARAMS))
+    assert failure.column == column
+    assert any(ex.startswith(example) for ex in failure.examples), failure.examples
+
+
 def test_unexpected_row_examples_name_the_image() -> None:
     df = make_manifest()
     df.loc[0, "mode"] = "RGBA"
@@ -285,7 +336,7 @@ def test_raise_on_failure_message_names_expectations_and_examples() -> None:
     assert info.value.result is summary
     assert MANIFEST_SUITE_NAME in message
     assert "expect_column_values_to_be_in_set" in message and "dog" in message
-    assert "every class present has >= 3 rows" in message and "covid: 1 rows" in message
+    assert "every class present has >= 3 study rows" in message and "covid: 1 rows" in message
     assert "failed 2 of" in message
 
 

@@ -5,8 +5,10 @@
 1. **discover**: each configured ``(source, root)`` pair is read by its registered
    :class:`~cxrflow.data.sources.Source` (:mod:`cxrflow.data.sources`): every input it yields
    is *considered*. Inputs outside a source's filter (Cohen: not a COVID-19 frontal X-ray) are
-   *excluded* and listed in ``excluded.csv``; inputs with no derivable label, a missing file or
-   a path escaping the root are *quarantined*.
+   *excluded* and listed in ``excluded.csv``, except the source's *controls* (Cohen's adult
+   non-COVID frontal X-rays), which go on like study inputs but with ``cohort`` ``control``;
+   inputs with no derivable label, a missing file or a path escaping the root are
+   *quarantined*.
 2. **inspect** (:func:`cxrflow.data.images.inspect_image`), in parallel processes, in chunks of
    ``params.chunk_size`` with at most two chunks per worker in flight, so memory stays flat at
    any size. Workers return small records and store kept images themselves. Unreadable, empty,
@@ -14,8 +16,9 @@
 3. **dedupe** (:func:`cxrflow.data.neardup.find_duplicates`): exact duplicates share a SHA-256;
    near duplicates are confirmed by two hashes (see :mod:`cxrflow.data.neardup`). A duplicate
    group whose labels disagree is quarantined entirely (``duplicate_label_conflict``); a
-   same-label group keeps one member (the source configured first, then the lowest
-   ``original_path``) and lists the others in ``duplicates.csv``.
+   same-label group keeps one member (a study input before a control, then the source
+   configured first, then the lowest ``original_path``) and lists the others in
+   ``duplicates.csv``.
 4. **write**: ``quarantine.csv``, ``excluded.csv``, ``duplicates.csv``, ``manifest.csv`` (each
    written to a tmp file and renamed) and finally ``ingest_report.json``. The report is the
    completion marker: it and the manifest are removed when a run starts, so a crashed run never
@@ -23,7 +26,8 @@
    are removed.
 
 The invariant ``considered == kept + quarantined + excluded_by_filter + duplicates_collapsed``
-is checked before anything is written; a violation raises.
+is checked before anything is written; a violation raises. ``kept`` counts study and control
+rows of the manifest alike; the per-stage counts key a control label as ``control:<label>``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -63,6 +67,7 @@ from cxrflow.data.neardup import (
     hamming_hex,
 )
 from cxrflow.data.sources import (
+    STUDY,
     Candidate,
     Excluded,
     Record,
@@ -99,6 +104,7 @@ class _Entry:
     original_path: str
     label: str
     state: int
+    cohort: str = STUDY
     cand: Candidate | None = None
     reason: str = ""
     detail: str = ""
@@ -122,8 +128,10 @@ class IngestReport:
         excluded_by_filter: Inputs outside a source's filter (rows of ``excluded.csv``).
         duplicates_collapsed: Rows of ``duplicates.csv``.
         considered_by_source: ``{source: n}``.
-        stages: ``{stage: {source: {label: n}}}`` for :data:`STAGES`.
-        patients: ``{stage: {source: {label: distinct patient ids}}}`` for the last two stages.
+        stages: ``{stage: {source: {label: n}}}`` for :data:`STAGES`; control inputs are
+            counted under ``control:<label>`` (e.g. ``control:bacterial``).
+        patients: ``{stage: {source: {label: distinct patient ids}}}`` for the last two stages
+            (the same keys).
         quarantine_reasons: ``{reason: n}``.
         quarantine_by_source: ``{source: {reason: n}}``.
         excluded_reasons: ``{source: {reason: n}}``.
@@ -152,6 +160,8 @@ class IngestReport:
         elapsed_s: Wall-clock seconds of the whole run.
         inspect_s: Seconds spent inspecting images.
         images_per_s: Inspected images per second of ``elapsed_s``.
+        controls_by_finding: ``{source: {finding: n}}``: the control rows of the manifest by
+            their raw finding.
     """
 
     out_dir: str
@@ -184,6 +194,7 @@ class IngestReport:
     elapsed_s: float = 0.0
     inspect_s: float = 0.0
     images_per_s: float = 0.0
+    controls_by_finding: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -337,7 +348,7 @@ def _dedupe(
             continue
         pids = sorted({pid(i) for i in group})
         links.update((min(pids[0], p), max(pids[0], p)) for p in pids[1:])
-        members.sort(key=lambda e: (rank[e.source], e.original_path))
+        members.sort(key=lambda e: (e.cohort != STUDY, rank[e.source], e.original_path))
         stats["groups"] += 1
         labels = {e.label for e in members}
         if len(labels) > 1:
@@ -391,10 +402,15 @@ def _sha(e: _Entry) -> str:
 # ------------------------------------------------------------------------------------ ingest
 
 
+def _key(e: _Entry) -> str:
+    """The stage-count key of an entry: its label, or ``<cohort>:<label>`` off the study."""
+    return e.label if e.cohort == STUDY else f"{e.cohort}:{e.label}"
+
+
 def _count(entries: Iterable[_Entry]) -> dict[str, dict[str, int]]:
     c: dict[str, Counter[str]] = defaultdict(Counter)
     for e in entries:
-        c[e.source][e.label] += 1
+        c[e.source][_key(e)] += 1
     return {s: dict(sorted(v.items())) for s, v in sorted(c.items())}
 
 
@@ -402,7 +418,7 @@ def _count_patients(entries: Iterable[_Entry]) -> dict[str, dict[str, int]]:
     c: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for e in entries:
         if e.cand is not None:
-            c[e.source][e.label].add(e.cand.patient_id)
+            c[e.source][_key(e)].add(e.cand.patient_id)
     return {s: {k: len(v) for k, v in sorted(d.items())} for s, d in sorted(c.items())}
 
 
@@ -433,6 +449,8 @@ def _manifest_row(e: _Entry, origin: str) -> dict[str, Any]:
         "phash": info.phash,
         "original_path": cand.original_path,
         "source_split": cand.source_split,
+        "cohort": cand.cohort,
+        "finding": cand.finding,
     }
 
 
@@ -461,13 +479,14 @@ def _entry(rec: Record) -> _Entry | None:
     if isinstance(rec, Unreferenced):
         return None
     if isinstance(rec, Candidate):
-        return _Entry(rec.source, rec.original_path, rec.label, _CANDIDATE, rec)
+        return _Entry(rec.source, rec.original_path, rec.label, _CANDIDATE, rec.cohort, rec)
     # a rejected input is quarantined; an excluded one is listed in excluded.csv
     return _Entry(
         rec.source,
         rec.original_path,
         rec.label,
         _QUARANTINED if isinstance(rec, Rejected) else _EXCLUDED,
+        rec.cohort if isinstance(rec, Rejected) else STUDY,
         reason=rec.reason,
         detail=rec.detail,
         excluded_file_present=isinstance(rec, Excluded) and rec.file_present,
@@ -682,6 +701,9 @@ def ingest(
         elapsed_s=round(elapsed, 3),
         inspect_s=round(inspect_s, 3),
         images_per_s=round(len(tasks) / elapsed, 1) if elapsed > 0 else 0.0,
+        controls_by_finding=_nested_counter(
+            (e.source, e.cand.finding) for e in kept if e.cand is not None and e.cohort != STUDY
+        ),
     )
     write_json_atomic(out / INGEST_REPORT_FILE, report.to_dict())
     log.info("ingest: %s", summarize_report(report).splitlines()[0])
@@ -701,11 +723,14 @@ def summarize_report(report: IngestReport | dict[str, Any]) -> str:
     ]
     stages = r["stages"]
     keys = sorted({(s, lab) for st in stages.values() for s, d in st.items() for lab in d})
-    head = f"{'source':8} {'label':10}" + "".join(f"{s:>17}" for s in STAGES)
+    head = f"{'source':8} {'label':17}" + "".join(f"{s:>17}" for s in STAGES)
     lines += [head, "-" * len(head)]
     for s, lab in keys:
         cells = "".join(f"{stages.get(st, {}).get(s, {}).get(lab, 0):>17}" for st in STAGES)
-        lines.append(f"{s:8} {lab:10}{cells}")
+        lines.append(f"{s:8} {lab:17}{cells}")
+    for src, findings in (r.get("controls_by_finding") or {}).items():
+        kept = ", ".join(f"{k} {v}" for k, v in findings.items())
+        lines.append(f"controls kept ({src}, never in a dataset): {kept}")
     if r["quarantine_reasons"]:
         reasons = ", ".join(f"{k} {v}" for k, v in r["quarantine_reasons"].items())
         lines.append(f"quarantined: {reasons}")

@@ -2,7 +2,9 @@
 
 A *dataset directory* (the output of ingest, a KFP ``Dataset`` artifact or a DVC output) holds:
 
-- ``manifest.csv``: :data:`MANIFEST_COLUMNS`, one row per kept image, sorted by ``image_id``;
+- ``manifest.csv``: :data:`MANIFEST_COLUMNS`, one row per kept image, sorted by ``image_id``:
+  the ``study`` cohort (what datasets are built from) and the ``control`` cohort (same-source
+  images kept for the shortcut audit, never trained on);
 - ``images/``: the kept images, content-addressed (``images/<sha[:2]>/<sha256>.<ext>``);
 - ``quarantine.csv``: :data:`QUARANTINE_COLUMNS`, one row per rejected input with a reason;
 - ``excluded.csv``: :data:`EXCLUDED_COLUMNS`, one row per input outside a source's filter
@@ -19,6 +21,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cxrflow.data.sources import STUDY
 
 if TYPE_CHECKING:  # pandas is heavy-ish; only typing needs it at import time
     import pandas as pd
@@ -47,7 +51,12 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "phash",  # 64-bit perceptual hash, hex
     "original_path",  # as found, relative to the parent of the source root (includes its name)
     "source_split",  # the source's own split (Kermany train/test), "" if none
+    "cohort",  # study | control (audit controls: never in a dataset; cxrflow.data.sources)
+    "finding",  # the source's raw finding (Cohen's `finding`), "" if none
 )
+LEGACY_COLUMN_DEFAULTS: dict[str, str] = {"cohort": STUDY, "finding": ""}
+"""Columns added after the first manifests were written, and what an older manifest means:
+one written before controls existed holds study rows only."""
 
 QUARANTINE_COLUMNS: tuple[str, ...] = ("source", "original_path", "reason", "detail")
 
@@ -112,6 +121,9 @@ def read_manifest(dataset_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found (run `cxrflow ingest` first)")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col, value in LEGACY_COLUMN_DEFAULTS.items():
+        if col not in df.columns:
+            df[col] = value
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing manifest columns {missing}")

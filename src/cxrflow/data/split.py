@@ -7,6 +7,10 @@ paper's Dataset_1 every normal and bacterial image is pediatric (Kermany) and ev
 adult (Cohen), so a classifier can score well by telling sources apart. Which labels of which
 source enter each dataset, and which population a source was drawn from, are the sources' own
 attributes (:class:`cxrflow.data.sources.Source`).
+
+Only ``study`` rows of the manifest ever enter a dataset. ``control`` rows (same-source images
+kept for the shortcut audit, e.g. Cohen's adult non-COVID X-rays) are set aside by
+:func:`select_controls`; a model never trains, validates or is tested on them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 
 from cxrflow.config import DATASETS, SplitParams
 from cxrflow.data.manifest import SPLIT_COLUMNS, SPLITS, write_table
-from cxrflow.data.sources import get_source
+from cxrflow.data.sources import CONTROL, STUDY, get_source
 from cxrflow.data.unionfind import UnionFind
 from cxrflow.jsonio import write_json_atomic
 
@@ -42,6 +46,7 @@ class SplitReport:
     shortfalls: dict[str, dict[str, int]]  # dataset -> label -> missing images
     confounds: dict[str, list[str]] = field(default_factory=dict)  # dataset -> warnings
     crosstabs: dict[str, dict[str, int]] = field(default_factory=dict)  # "<ds>.<attr>" -> counts
+    controls: dict[str, int] = field(default_factory=dict)  # "<source>|<label>|<finding>" -> n
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -51,7 +56,17 @@ class SplitReport:
             "shortfalls": self.shortfalls,
             "confounds": self.confounds,
             "crosstabs": self.crosstabs,
+            "controls": self.controls,
         }
+
+
+def _cohort(manifest: pd.DataFrame) -> pd.Series:
+    """The ``cohort`` column (all ``study`` for a manifest written before controls existed)."""
+    import pandas as pd
+
+    if "cohort" in manifest.columns:
+        return manifest["cohort"]
+    return pd.Series(STUDY, index=manifest.index)
 
 
 def select_dataset_rows(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -59,11 +74,13 @@ def select_dataset_rows(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
     Each source says which of its labels a dataset takes (:attr:`Source.datasets`): the paper's
     Dataset_0 is Kermany's normal / bacterial / viral, Dataset_1 Kermany's normal / bacterial
-    plus Cohen's COVID-19.
+    plus Cohen's COVID-19. Only ``study`` rows are eligible: a control row never enters a
+    dataset, whatever its label.
 
     Raises:
         ValueError: A manifest source that is not registered.
     """
+    manifest = manifest[(_cohort(manifest) == STUDY).to_numpy()]
     classes = set(DATASETS[dataset])
     takes = {
         name: classes & set(get_source(name).datasets.get(dataset, ()))
@@ -78,6 +95,34 @@ def select_dataset_rows(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
     )
     rows = manifest[keep]
     return rows.sort_values("image_id").reset_index(drop=True)
+
+
+def select_controls(manifest: pd.DataFrame, exclude_patients: Iterable[str] = ()) -> pd.DataFrame:
+    """The manifest's ``control`` rows, sorted by ``image_id``: the audit's same-source controls.
+
+    Some control patients also have study images (Cohen files a patient's pre-COVID "No
+    Finding" film next to their COVID-19 films): pass the patients a model trained or validated
+    on as ``exclude_patients`` (e.g. the non-test rows of its split table), so that the model
+    is never judged on another film of a person it has learnt.
+
+    Args:
+        manifest: The ingest manifest (``cohort`` and ``finding`` columns; a manifest without
+            ``cohort`` has no controls).
+        exclude_patients: Patient ids whose control rows are left out.
+
+    Returns:
+        Control rows with every manifest column (``label`` is the control's label, ``finding``
+        the source's raw finding, ``patient_id`` the bootstrap group).
+    """
+    rows = manifest[(_cohort(manifest) == CONTROL).to_numpy()]
+    left_out = rows["patient_id"].isin(set(exclude_patients))
+    if left_out.any():
+        log.info(
+            "controls: %d rows of %d patients the model has seen are left out",
+            int(left_out.sum()),
+            rows.loc[left_out, "patient_id"].nunique(),
+        )
+    return rows[~left_out.to_numpy()].sort_values("image_id").reset_index(drop=True)
 
 
 def undersample(
@@ -253,7 +298,8 @@ def split_manifest(
         links: Patient-id pairs to keep together (ingest's ``patient_links``).
 
     Returns:
-        ``{"dataset_0": table, "dataset_1": table}`` and a :class:`SplitReport`.
+        ``{"dataset_0": table, "dataset_1": table}`` (study rows only) and a
+        :class:`SplitReport` (its ``controls`` counts what :func:`select_controls` sets aside).
     """
     tables: dict[str, pd.DataFrame] = {}
     counts: dict[str, dict[str, dict[str, int]]] = {}
@@ -261,6 +307,12 @@ def split_manifest(
     shortfalls: dict[str, dict[str, int]] = {}
     confounds: dict[str, list[str]] = {}
     crosstabs: dict[str, dict[str, int]] = {}
+    controls = select_controls(manifest)
+    if len(controls):
+        by = controls.groupby(["source", "label", "finding"]).size()
+        control_counts = {f"{s}|{lab}|{f}": int(n) for (s, lab, f), n in by.items()}
+    else:
+        control_counts = {}
     for dataset in DATASETS:
         table, short = build_dataset(manifest, dataset, params, links)
         tables[dataset] = table
@@ -278,7 +330,7 @@ def split_manifest(
         confounds[dataset], ct = detect_confounds(table)
         for attr, tab in ct.items():
             crosstabs[f"{dataset}.{attr}"] = dict(tab)
-    return tables, SplitReport(counts, patients, shortfalls, confounds, crosstabs)
+    return tables, SplitReport(counts, patients, shortfalls, confounds, crosstabs, control_counts)
 
 
 def read_split_table(splits_dir: str | Path, dataset: str) -> pd.DataFrame:

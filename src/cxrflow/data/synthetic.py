@@ -14,10 +14,21 @@ faithful to the *structure* of the real sources, traps included:
   the real unnamed trailing column) plus ``cohen/images/``. Every Cohen phantom is *adult*: a
   large, tall thorax, smaller heart, sloping ribs, prominent clavicles; a quarter carry burned-in
   annotations (arrows, panel letters) like journal figures. Trap rows exercise ingest filters:
-  COVID-19 lateral views (``view`` = ``L``), COVID-19 CT slices and other findings.
+  COVID-19 lateral views (``view`` = ``L``), COVID-19 CT slices and other findings. The other
+  findings are frontal X-rays of adults (``SynthParams.control_fraction`` patients per COVID-19
+  patient, at least 2) cycling through :data:`COHEN_OTHER_FINDINGS`: ``Streptococcus``
+  (drawn as bacterial), ``No Finding`` (normal) and ``SARS`` (viral) become the audit's
+  same-source *controls* at ingest; ``Pneumocystis`` (drawn as viral) stays excluded.
 
 So the real *source shortcut* exists in the phantom too: a classifier can tell Kermany from Cohen
-(child from adult, clean film from annotated figure) without looking at the lungs.
+(child from adult, clean film from annotated figure) without looking at the lungs. Two options
+exist for testing the shortcut audit (:mod:`cxrflow.audit`): ``source_shortcut=False`` makes
+each patient's age group a coin flip, draws every frontal view (Kermany's too) from Cohen's
+PA / AP Supine / AP proportions, both from a seed stream of the patient's own, and annotates no
+image, so the sources no longer differ in anatomy, view or labels; ``planted_marker=<label>`` burns a bright square into the
+upper-right corner of every image of that label (see :func:`burn_marker`). With the defaults
+(shortcut on, no marker) every byte is what earlier versions wrote, except ``PHANTOM.md``,
+which lists every parameter.
 
 The images are drawn by :mod:`cxrflow.data.phantom_render` (anatomy, class signal, views);
 this module writes them in the two layouts with their names and metadata.
@@ -109,7 +120,13 @@ _STREAM = {
     "other": 4,
     "ct": 5,
     "lateral": 6,
+    "age": 7,  # source_shortcut=False: the age-group coin of a patient of another stream
 }
+MARKER_ROWS: tuple[float, float] = (0.04, 0.14)
+MARKER_COLS: tuple[float, float] = (0.86, 0.96)
+"""Where :func:`burn_marker` puts its square (rows, columns), as fractions of the height and
+width: the upper-right corner, mostly background, outside the central box the audit masks at
+any ``mask_fraction`` up to 0.7."""
 
 
 @dataclass(frozen=True)
@@ -166,16 +183,54 @@ class _Patient:
     traits: dict[str, Any]
     size: tuple[int, int]
     n_images: int
+    free: np.random.Generator | None = None  # source_shortcut=False: age coin, then views
+
+    def view(self, default: str) -> str:
+        """``default``, or without the source shortcut a frontal view drawn as Cohen's are."""
+        if self.free is None:
+            return default
+        return _FRONTAL_VIEWS[int(self.free.choice(len(_FRONTAL_VIEWS), p=_FRONTAL_VIEW_P))]
+
+    def frontal_traits(self) -> dict[str, Any]:
+        """The patient's traits for one Kermany image (its view drawn by :meth:`view`)."""
+        return self.traits if self.free is None else {**self.traits, "view": self.view("PA")}
+
+
+def burn_marker(img: np.ndarray) -> np.ndarray:
+    """``img`` with a white square at :data:`MARKER_ROWS` x :data:`MARKER_COLS` (at least
+    2 px a side): the planted shortcut of ``SynthParams.planted_marker``."""
+    h, w = img.shape
+    r0, r1 = (round(f * h) for f in MARKER_ROWS)
+    c0, c1 = (round(f * w) for f in MARKER_COLS)
+    out = img.copy()
+    out[r0 : max(r1, r0 + 2), c0 : max(c1, c0 + 2)] = 255
+    return out
+
+
+def _render(
+    label: str,
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    traits: dict[str, Any],
+    p: SynthParams,
+) -> np.ndarray:
+    img = render_radiograph(label, rng, size, traits)
+    return burn_marker(img) if label == p.planted_marker else img
 
 
 def _plan_patient(
     seed: int, stream: str, index: int, label: str, p: SynthParams, adult: bool
 ) -> _Patient:
+    free = None
+    if not p.source_shortcut:  # a generator of its own, so the patient's other draws stay put
+        coin = np.random.SeedSequence(seed, spawn_key=(_STREAM["age"], _STREAM[stream], index))
+        free = np.random.default_rng(coin)
+        adult = bool(free.uniform() < 0.5)
     rng = _patient_rng(seed, stream, index)
     traits = sample_traits(label, rng, "adult" if adult else "pediatric")
     size = _sample_size(rng, p)
     n_images = int(rng.integers(1, p.images_per_patient_max + 1))
-    return _Patient(label, rng, traits, size, n_images)
+    return _Patient(label, rng, traits, size, n_images, free)
 
 
 def _test_patients(rng: np.random.Generator, n: int) -> set[int]:
@@ -199,9 +254,8 @@ def _write_kermany(root: Path, p: SynthParams, rng: np.random.Generator) -> dict
         split = "test" if i in test else "train"
         stem = f"{'NORMAL2-' if normal2[i] else ''}IM-{int(im_numbers[i]):04d}"
         for k in range(pat.n_images):
-            img = render_radiograph(
-                "normal", pat.rng, _jitter_size(pat.rng, pat.size, p), pat.traits
-            )
+            size = _jitter_size(pat.rng, pat.size, p)
+            img = _render("normal", pat.rng, size, pat.frontal_traits(), p)
             _save(img, root / split / "NORMAL" / f"{stem}-{k + 1:04d}.jpeg")
             counts["normal"] += 1
 
@@ -218,7 +272,7 @@ def _write_kermany(root: Path, p: SynthParams, rng: np.random.Generator) -> dict
             for _ in range(pat.n_images):
                 running += 1
                 size = _jitter_size(pat.rng, pat.size, p)
-                img = render_radiograph(label, pat.rng, size, pat.traits)
+                img = _render(label, pat.rng, size, pat.frontal_traits(), p)
                 name = f"person{int(numbers[i])}_{kind}_{running}.jpeg"
                 _save(img, root / split / "PNEUMONIA" / name)
                 counts[label] += 1
@@ -256,7 +310,7 @@ def _write_cohen(root: Path, p: SynthParams, rng: np.random.Generator) -> dict[s
     counts = {"covid": 0, "cohen_other": 0}
 
     # Patients: n COVID-19, then a few other findings; planned again (same draws) when written.
-    n_other = max(2, round(0.1 * n))
+    n_other = max(2, round(p.control_fraction * n))
     findings = ["COVID-19"] * n + [
         COHEN_OTHER_FINDINGS[i % len(COHEN_OTHER_FINDINGS)] for i in range(n_other)
     ]
@@ -308,14 +362,16 @@ def _write_cohen(root: Path, p: SynthParams, rng: np.random.Generator) -> dict[s
                     view = _FRONTAL_VIEWS[int(views[first_image[idx] + k])]
                 else:
                     view = str(prng.choice(["PA", "AP"]))
+                view = pat.view(view)
                 name = f"{next(names)}.{prng.choice(_COHEN_EXTS, p=_COHEN_EXT_P)}"
                 traits = {
                     **pat.traits,
                     "view": view,
-                    "annotation": bool(prng.uniform() < COHEN_ANNOTATION_PROB),
+                    "annotation": bool(prng.uniform() < COHEN_ANNOTATION_PROB)
+                    and p.source_shortcut,
                 }
                 size = _jitter_size(prng, pat.size, p)
-                _save(render_radiograph(pat.label, prng, size, traits), images / name)
+                _save(_render(pat.label, prng, size, traits, p), images / name)
                 writer.writerow(_cohen_row(fixed, base_days, offset, view, "X-ray", name))
                 counts["covid" if is_covid else "cohen_other"] += 1
                 if is_covid and int(first_image[idx]) + k in lateral_at:
@@ -323,7 +379,7 @@ def _write_cohen(root: Path, p: SynthParams, rng: np.random.Generator) -> dict[s
                     lateral_seq += 1
                     name = f"{next(names)}.jpg"
                     ltraits = {**pat.traits, "view": "L"}
-                    _save(render_radiograph("covid", lrng, pat.size, ltraits), images / name)
+                    _save(_render("covid", lrng, pat.size, ltraits, p), images / name)
                     writer.writerow(_cohen_row(fixed, base_days, offset, "L", "X-ray", name))
                     counts["cohen_other"] += 1
             for _ in range(int(ct_per_patient[idx]) if is_covid else 0):
@@ -332,7 +388,7 @@ def _write_cohen(root: Path, p: SynthParams, rng: np.random.Generator) -> dict[s
                 side = min(pat.size)
                 name = f"{next(names)}.png"
                 ctraits = {**pat.traits, "modality": "CT", "view": "Axial"}
-                _save(render_radiograph("covid", crng, (side, side), ctraits), images / name)
+                _save(_render("covid", crng, (side, side), ctraits, p), images / name)
                 writer.writerow(_cohen_row(fixed, base_days, offset, "Axial", "CT", name))
                 counts["cohen_other"] += 1
     return counts
@@ -367,12 +423,30 @@ def _phantom_note(p: SynthParams, counts: dict[str, int] | None) -> str:
         "",
         "## Built-in confounds, as in the real data",
         "",
-        "- Kermany phantoms are pediatric (small round thorax, large heart, horizontal ribs,",
-        "  usually a burned-in side marker); Cohen phantoms are adult and a quarter carry",
-        "  burned-in arrows or panel letters. A classifier can separate the sources (and so",
-        "  tell COVID-19 from the other classes) without looking at the lungs.",
+        *(
+            [
+                "- Kermany phantoms are pediatric (small round thorax, large heart, horizontal ribs,",
+                "  usually a burned-in side marker); Cohen phantoms are adult and a quarter carry",
+                "  burned-in arrows or panel letters. A classifier can separate the sources (and so",
+                "  tell COVID-19 from the other classes) without looking at the lungs.",
+            ]
+            if p.source_shortcut
+            else [
+                "- None by anatomy (`source_shortcut: false`): each patient's age group is a coin",
+                "  flip and no image is annotated.",
+            ]
+        ),
         "- Several images per patient; Cohen trap rows: lateral views, CT slices, other findings.",
         "",
+        *(
+            [
+                f"Planted shortcut: every `{p.planted_marker}` image has a white square burned into",
+                "its upper-right corner.",
+                "",
+            ]
+            if p.planted_marker is not None
+            else []
+        ),
     ]
     if counts is None:
         lines += ["Status: generation in progress (incomplete).", ""]

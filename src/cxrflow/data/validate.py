@@ -4,10 +4,11 @@ Two suites, each run through an in-memory (ephemeral) GX context by a ``Checkpoi
 pandas ``dataframe`` asset with a whole-dataframe batch definition:
 
 - the *manifest suite* (:func:`build_manifest_suite`): column set, non-empty table,
-  label/origin/mode/age-group sets, ``source`` among the registered sources
+  label/origin/mode/age-group/cohort sets, ``source`` among the registered sources
   (:mod:`cxrflow.data.sources`) and each source's ``patient_id`` prefixed with its name,
-  image size bounds, unique and well-formed ``sha256``, unique ``image_id`` and a minimum
-  number of rows per class;
+  image size bounds, unique and well-formed ``sha256``, unique ``image_id``, control rows
+  (the audit's same-source controls) never labelled ``covid`` and naming their finding, and a
+  minimum number of *study* rows per class (controls never train, so they do not count);
 - the *split suite* (:func:`build_split_suite`): split names, all three splits non-empty, no
   patient in two splits, class balance within tolerance, unique ``image_id``.
 
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxrflow.config import ALL_LABELS, DATASETS, ValidateParams
 from cxrflow.data.manifest import MANIFEST_COLUMNS, SPLIT_COLUMNS, SPLITS
-from cxrflow.data.sources import AGE_GROUPS, registered_sources
+from cxrflow.data.sources import AGE_GROUPS, COHORTS, CONTROL, STUDY, registered_sources
 
 if TYPE_CHECKING:  # both are heavy; only typing needs them at import time
     import great_expectations as gx
@@ -52,6 +53,7 @@ IMAGE_MODES: tuple[str, ...] = ("L", "RGB")
 SHA256_REGEX = r"^[0-9a-f]{64}$"
 
 # Derived columns added to a copy of the table before validation (see the module docstring).
+COVID = "covid"  # the class a control never has
 CLASS_COUNT_COLUMN = "class_count"
 CLASS_BALANCE_COLUMN = "class_balance_ratio"
 PATIENT_SPLITS_COLUMN = "patient_splits"
@@ -182,6 +184,7 @@ def build_manifest_suite(
     ex = gx.expectations
     lo, hi = params.min_side, params.max_side
     names = list(sources) if sources is not None else [s.name for s in registered_sources()]
+    control_labels = [lab for lab in labels if lab != COVID]
     expectations = [
         ex.ExpectTableColumnsToMatchSet(
             column_set=list(MANIFEST_COLUMNS),
@@ -222,6 +225,23 @@ def build_manifest_suite(
             value_set=list(AGE_GROUPS),
             description=f"age_group in {_fmt_set(AGE_GROUPS)}",
         ),
+        ex.ExpectColumnValuesToBeInSet(
+            column="cohort",
+            value_set=list(COHORTS),
+            description=f"cohort in {_fmt_set(COHORTS)}",
+        ),
+        ex.ExpectColumnValuesToBeInSet(
+            column="label",
+            value_set=control_labels,
+            row_condition=Column("cohort") == CONTROL,
+            description=f"a control row is labelled {_fmt_set(control_labels)} (never covid)",
+        ),
+        ex.ExpectColumnValuesToMatchRegex(
+            column="finding",
+            regex=r"\S",
+            row_condition=Column("cohort") == CONTROL,
+            description="a control row names its finding",
+        ),
         ex.ExpectColumnValuesToNotBeNull(column="patient_id", description="patient_id is not null"),
         *(
             ex.ExpectColumnValuesToMatchRegex(
@@ -235,7 +255,7 @@ def build_manifest_suite(
         ex.ExpectColumnValuesToBeBetween(
             column=CLASS_COUNT_COLUMN,
             min_value=params.min_per_class,
-            description=f"every class present has >= {params.min_per_class} rows",
+            description=f"every class present has >= {params.min_per_class} study rows",
             meta={_EXAMPLE_META_KEY: "{label}: {class_count} rows"},
         ),
     ]
@@ -357,8 +377,10 @@ def _with_class_counts(df: pd.DataFrame, *, balance: bool) -> pd.DataFrame:
     if "label" not in df.columns:  # the column-set expectation reports it
         return df
     label = df["label"]
+    if "cohort" in df.columns:  # controls never train: the class minimum is about study rows
+        label = label.where(df["cohort"] == STUDY)
     counts = label.value_counts()
-    df[CLASS_COUNT_COLUMN] = _first_of_group(label, counts)
+    df[CLASS_COUNT_COLUMN] = _first_of_group(label, counts).where(label.notna())
     if balance and len(counts):
         df[CLASS_BALANCE_COLUMN] = _first_of_group(label, (counts / counts.mean()).round(4))
     return df

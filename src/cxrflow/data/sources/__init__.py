@@ -18,6 +18,11 @@ considers ends up as exactly one record:
 - :class:`Excluded`: outside the source's configured filter (Cohen: not COVID-19, CT, lateral
   view). Exclusion is a decision, not a data error: ingest lists it in ``excluded.csv``.
 
+A candidate belongs to a *cohort*: ``study`` (the paper's data: what the datasets are built
+from) or ``control`` (kept apart for the shortcut audit, never trained on: Cohen's adult
+non-COVID frontal X-rays, labelled ``bacterial``, ``normal`` or ``viral`` from their finding).
+The split only ever selects study rows; :func:`count_records` counts study candidates only.
+
 A source may also yield :class:`Unreferenced` for a file that no metadata row names; such a file
 is reported but not *considered* (with no metadata there is no label).
 
@@ -40,6 +45,12 @@ if TYPE_CHECKING:
 
 UNKNOWN_LABEL = "unknown"
 """Label recorded for an input whose label could not be derived (it is quarantined)."""
+STUDY = "study"
+"""Cohort of the paper's data: the rows the datasets are built from."""
+CONTROL = "control"
+"""Cohort of same-source control images: kept for the shortcut audit, never in a dataset."""
+COHORTS: tuple[str, ...] = (STUDY, CONTROL)
+"""Values of the manifest's ``cohort`` column."""
 POPULATIONS: tuple[str, ...] = ("pediatric", "adult")
 """Values of :attr:`Source.population`."""
 AGE_GROUPS: tuple[str, ...] = ("pediatric", "adult", "unknown")
@@ -60,6 +71,8 @@ class Candidate:
         view: Radiographic view (``PA``, ``AP Supine``, ...); ``""`` when unknown.
         age_group: One of :data:`AGE_GROUPS`.
         source_split: The source's own split (Kermany ``train``/``test``/``val``), else ``""``.
+        cohort: :data:`STUDY` or :data:`CONTROL` (see the module docstring).
+        finding: The source's own finding, as written (Cohen's ``finding``), else ``""``.
     """
 
     source: str
@@ -70,6 +83,8 @@ class Candidate:
     view: str = ""
     age_group: str = "unknown"
     source_split: str = ""
+    cohort: str = STUDY
+    finding: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ class Rejected:
         reason: ``unknown_label``, ``unknown_label_folder``, ``path_escape`` or ``missing_file``.
         detail: One line for a person.
         label: The label the input would have had, or :data:`UNKNOWN_LABEL`.
+        cohort: The cohort it would have joined (:data:`STUDY` or :data:`CONTROL`).
     """
 
     source: str
@@ -90,6 +106,7 @@ class Rejected:
     reason: str
     detail: str
     label: str = UNKNOWN_LABEL
+    cohort: str = STUDY
 
 
 @dataclass(frozen=True)
@@ -192,13 +209,14 @@ def count_records(records: Iterable[Record], labels: Sequence[str]) -> dict[str,
         labels: Labels always present in the result (0 when absent).
 
     Returns:
-        Candidates per label, plus :data:`UNKNOWN_LABEL` for inputs whose label could not be
-        derived (rejected with that label). Excluded inputs and rejected inputs with a label
-        (e.g. a metadata row naming a missing file) are not counted.
+        Study candidates per label, plus :data:`UNKNOWN_LABEL` for inputs whose label could not
+        be derived (rejected with that label). Control candidates (never training data),
+        excluded inputs and rejected inputs with a label (e.g. a metadata row naming a missing
+        file) are not counted.
     """
     counts = dict.fromkeys(labels, 0)
     for rec in records:
-        if isinstance(rec, Candidate):
+        if isinstance(rec, Candidate) and rec.cohort == STUDY:
             counts[rec.label] = counts.get(rec.label, 0) + 1
         elif isinstance(rec, Rejected) and rec.label == UNKNOWN_LABEL:
             counts[UNKNOWN_LABEL] = counts.get(UNKNOWN_LABEL, 0) + 1
