@@ -29,7 +29,7 @@ run: venv ## run the whole pipeline locally (kfp.local) on the demo profile, off
 test: venv lint typecheck ## ruff, mypy, unit + integration + pipeline tests (what CI runs)
 	$(BIN)/python -m pytest -q
 
-unit: venv ## the fast loop: tests not marked slow or s3 (about a minute)
+unit: venv ## the fast loop: tests not marked slow or s3 (a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow and not s3"
 
 lint: venv ## ruff lint + format check

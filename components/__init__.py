@@ -8,7 +8,7 @@ chosen at compile time (``CXRFLOW_IMAGE``, ``CXRFLOW_GPU_IMAGE``); they are buil
 pipeline parameters.
 """
 
-from components.factory import evaluate_component, model_component
+from components.factory import audit_component, evaluate_component, model_component
 from components.finalize import finalize
 from components.ingest import ingest
 from components.register import register
@@ -16,6 +16,7 @@ from components.split import split
 from components.validate import validate
 
 __all__ = [
+    "audit_component",
     "evaluate_component",
     "finalize",
     "ingest",

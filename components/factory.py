@@ -42,18 +42,52 @@ def evaluate(
 {model_args}
     evaluation: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
+{confusion_args}
 ):
-    """evaluate: accuracy, macro and per-class precision/recall/F1, confusion matrix, ms/image.
+    """evaluate: metrics with patient-level 95 % CIs, calibration, ROC, Grad-CAM, McNemar.
 
-    Reads params evaluate. Each model is scored on its own dataset's test split.
+    Reads params evaluate. Each model is scored on its own dataset's test split; the KFP UI
+    shows the key metrics and one confusion matrix per model.
     """
     from cxrflow.steps import run_evaluate, step_params
 
     dirs = {{{model_dirs}}}
     results = run_evaluate(step_params(params), dataset.path, splits.path, dirs, evaluation.path)
+    confusion = {{{confusion_map}}}
     for key, m in results.items():
-        for name in ("accuracy", "f1_macro"):
-            metrics.log_metric(f"{{key}}_{{name}}", float(m[name]))
+        for name in ("accuracy", "f1_macro", "roc_auc_macro", "ece"):
+            if m.get(name) is not None:
+                metrics.log_metric(f"{{key}}_{{name}}", float(m[name]))
+        ci = m.get("accuracy_ci") or {{}}
+        if ci.get("ci_low") is not None:
+            metrics.log_metric(f"{{key}}_accuracy_ci_low", float(ci["ci_low"]))
+            metrics.log_metric(f"{{key}}_accuracy_ci_high", float(ci["ci_high"]))
+        confusion[key].log_confusion_matrix(list(m["classes"]), m["confusion_matrix"])
+'''
+
+_AUDIT_TEMPLATE = '''
+def audit(
+    params: dict,
+    dataset: dsl.Input[dsl.Dataset],
+    splits: dsl.Input[dsl.Dataset],
+{model_args}
+    audit_report: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """audit: the shortcut audit of every candidate (same-source controls, source probe,
+    lung-field ablation) with 95 % CIs; its verdict can block promotion.
+
+    Reads params audit, register.candidates.
+    """
+    from cxrflow.steps import run_audit, step_params
+
+    dirs = {{{model_dirs}}}
+    results = run_audit(step_params(params), dataset.path, splits.path, dirs, audit_report.path)
+    for key, r in results.items():
+        metrics.log_metric(f"{{key}}_audit_passed", 1.0 if r["passed"] else 0.0)
+        for name, value in r.get("figures", {{}}).items():
+            if value is not None:
+                metrics.log_metric(f"{{key}}_{{name}}", float(value))
 '''
 
 _CACHE: dict[str, Any] = {}
@@ -91,11 +125,36 @@ def model_component(key: str, description: str, transfer: bool) -> Any:
 
 def evaluate_component(model_keys: Sequence[str]) -> Any:
     """The evaluate component with one model input per key (input name = model key)."""
+    _check_keys(model_keys)
+    source = _EVALUATE_TEMPLATE.format(
+        model_args=_model_args(model_keys),
+        model_dirs=_model_dirs(model_keys),
+        confusion_args="\n".join(
+            f"    confusion_{k}: dsl.Output[dsl.ClassificationMetrics]," for k in model_keys
+        ),
+        confusion_map=", ".join(f'"{k}": confusion_{k}' for k in model_keys),
+    )
+    return _compile("evaluate", source, CPU_IMAGE)
+
+
+def audit_component(model_keys: Sequence[str]) -> Any:
+    """The audit component with one model input per candidate key (input name = model key)."""
+    _check_keys(model_keys)
+    source = _AUDIT_TEMPLATE.format(
+        model_args=_model_args(model_keys), model_dirs=_model_dirs(model_keys)
+    )
+    return _compile("audit", source, CPU_IMAGE)
+
+
+def _check_keys(model_keys: Sequence[str]) -> None:
     for key in model_keys:
         if not key.isidentifier():
             raise ValueError(f"model key {key!r} is not an identifier")
-    source = _EVALUATE_TEMPLATE.format(
-        model_args="\n".join(f"    {k}: dsl.Input[dsl.Model]," for k in model_keys),
-        model_dirs=", ".join(f'"{k}": {k}.path' for k in model_keys),
-    )
-    return _compile("evaluate", source, CPU_IMAGE)
+
+
+def _model_args(model_keys: Sequence[str]) -> str:
+    return "\n".join(f"    {k}: dsl.Input[dsl.Model]," for k in model_keys)
+
+
+def _model_dirs(model_keys: Sequence[str]) -> str:
+    return ", ".join(f'"{k}": {k}.path' for k in model_keys)

@@ -5,14 +5,20 @@ from components.images import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def register(
-    params: dict, evaluation: dsl.Input[dsl.Artifact], registered: dsl.Output[dsl.Artifact]
+    params: dict,
+    evaluation: dsl.Input[dsl.Artifact],
+    audit_report: dsl.Input[dsl.Artifact],
+    registered: dsl.Output[dsl.Artifact],
 ) -> str:
-    """register: register the best candidate in the MLflow registry under the alias champion.
+    """register: the best candidate that passed the audit becomes champion if it beats the
+    current one by the margin; otherwise it is registered as challenger, with the reason.
 
-    Reads params register. Returns the champion's model key.
+    Reads params register, audit. Returns "<model key> -> <alias>".
     """
     from cxrflow.steps import run_register, step_params
 
-    info = run_register(step_params(params), evaluation.path, registered.path)
-    registered.metadata.update({"model_uri": info["model_uri"], "version": info["version"]})
-    return info["champion"]
+    info = run_register(step_params(params), evaluation.path, registered.path, audit_report.path)
+    registered.metadata.update(
+        {k: info[k] for k in ("model_uri", "version", "role", "reason", "model_key")}
+    )
+    return f"{info['model_key']} -> {info['alias']}"

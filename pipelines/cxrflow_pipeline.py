@@ -16,6 +16,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from components import (
+    audit_component,
     evaluate_component,
     finalize,
     ingest,
@@ -89,13 +90,15 @@ def build_pipeline(params: Params) -> Any:
     }
     bases = {key: params.models[key].base_model_key for key in keys}
     evaluate = evaluate_component(keys)
+    candidates = [k for k in params.register.candidates if k in params.models]
+    audit = audit_component(candidates)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description=(
             "Katsamenis et al. 2020: ingest -> validate -> split -> "
             + ", ".join(keys)
-            + " -> evaluate -> register (COVID-19 / bacterial / normal chest X-rays); "
+            + " -> evaluate -> audit -> register (COVID-19 / bacterial / normal chest X-rays); "
             f"params profile {params.profile}"
         ),
     )
@@ -122,8 +125,18 @@ def build_pipeline(params: Params) -> Any:
                 splits=splits,
                 **{k: t.outputs["model"] for k, t in trained.items()},
             )
-            reg = register(params=params, evaluation=ev.outputs["evaluation"])
-            tasks += [ing, val, spl, *trained.values(), ev, reg]
+            aud = audit(
+                params=params,
+                dataset=dataset,
+                splits=splits,
+                **{k: trained[k].outputs["model"] for k in candidates},
+            ).after(ev)
+            reg = register(
+                params=params,
+                evaluation=ev.outputs["evaluation"],
+                audit_report=aud.outputs["audit_report"],
+            )
+            tasks += [ing, val, spl, *trained.values(), ev, aud, reg]
         for task in tasks:
             _cluster_env(task)
             task.set_caching_options(False)

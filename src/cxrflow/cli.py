@@ -242,14 +242,39 @@ def evaluate(
 
 
 @app.command()
+def audit(
+    dataset: Annotated[Path, typer.Option(help="an ingest output directory")],
+    splits: Annotated[Path, typer.Option(help="a split output directory")],
+    out: Annotated[Path, typer.Option(help="audit directory to write")],
+    models_dir: Annotated[
+        Path, typer.Option(help="directory holding <key>/ for every candidate model")
+    ],
+) -> None:
+    """The shortcut audit of every candidate: same-source controls, source probe, lung-field
+    ablation, each with a 95 % CI. Reads params: audit, register.candidates, evaluate."""
+    from cxrflow.steps import run_audit
+
+    params = _SETTINGS.params()
+    dirs = {k: models_dir / k for k in params.register.candidates if k in params.models}
+    results = run_audit(params, dataset, splits, dirs, out)
+    for key, r in results.items():
+        verdict = "passed" if r["passed"] else "FAILED"
+        print(f"{key}: {verdict}" + "".join(f"\n  - {x}" for x in r.get("reasons", [])))
+
+
+@app.command()
 def register(
     evaluation: Annotated[Path, typer.Option(help="an evaluate output directory")],
     out: Annotated[Path, typer.Option(help="directory for registered.json")],
+    audit_dir: Annotated[
+        Path | None, typer.Option("--audit", help="an audit output directory")
+    ] = None,
 ) -> None:
-    """Register the best model with the alias champion. Reads params: register."""
+    """Register the best candidate: champion if it passed the audit and beats the current
+    champion by the margin, else challenger. Reads params: register, audit."""
     from cxrflow.steps import run_register
 
-    _print_json(run_register(_SETTINGS.params(), evaluation, out))
+    _print_json(run_register(_SETTINGS.params(), evaluation, out, audit_dir))
 
 
 @app.command()
@@ -281,6 +306,37 @@ def predict(
         print(f"cxrflow: error: {line}", file=sys.stderr)
     if not ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[
+        Path | None, typer.Option(help="a kfp.local run directory (runs/kfp/<run>)")
+    ] = None,
+    dataset: Annotated[Path | None, typer.Option(help="or: an ingest output")] = None,
+    splits: Annotated[Path | None, typer.Option(help="a split output")] = None,
+    evaluation: Annotated[Path | None, typer.Option(help="an evaluate output")] = None,
+    audit_dir: Annotated[Path | None, typer.Option("--audit", help="an audit output")] = None,
+    registered: Annotated[Path | None, typer.Option(help="a register output")] = None,
+    out: Annotated[Path, typer.Option(help="where reproduction.md/.html go")] = Path("reports"),
+    elapsed: Annotated[str, typer.Option(help="the run's wall time, for the report")] = "",
+) -> None:
+    """Write reports/reproduction.md and a self-contained reproduction.html: the paper's
+    numbers beside ours with CIs and McNemar p-values, the data, the audit, Grad-CAM, and what
+    differs from the paper; logged to the run's MLflow parent run. Reads all params."""
+    from cxrflow.report import RunOutputs, build_report
+    from cxrflow.steps import log_report
+
+    if run_dir is not None:
+        outputs = RunOutputs.from_kfp_run(run_dir)
+    elif dataset and splits and evaluation:
+        outputs = RunOutputs(dataset, splits, evaluation, audit_dir, registered)
+    else:
+        raise ValueError("give --run-dir, or --dataset, --splits and --evaluation")
+    params = _SETTINGS.params()
+    md, html = build_report(outputs, params, out, elapsed=elapsed)
+    logged = log_report(params, outputs.dataset, [md, html])
+    print(f"report -> {md} and {html}" + (f" (MLflow run {logged})" if logged else ""))
 
 
 # ----------------------------------------------------------------------------------- data
@@ -450,7 +506,7 @@ def pipeline_run(
             "only --local runs here; on a cluster use `cxrflow pipeline submit` (or schedule)"
         )
     from cxrflow.config import params_hash
-    from cxrflow.steps import format_summary
+    from cxrflow.steps import format_promotion, format_summary
     from cxrflow.tracking import tracking_uri
     from pipelines.cxrflow_pipeline import build_pipeline
     from pipelines.local import find_metrics, find_registered, run_local
@@ -475,10 +531,7 @@ def pipeline_run(
     print()
     print(f"cxrflow pipeline finished (profile {params.profile}); run dir: {result.run_dir}")
     print(format_summary(results), end="")
-    print(
-        f"champion: {registered['champion']} -> models:/{registered['model_name']}"
-        f"@{registered['alias']} (version {registered['version']})"
-    )
+    print(format_promotion(registered), end="")
     print(
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} "
         f"--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)"

@@ -54,7 +54,7 @@ MODEL_KEYS: tuple[str, ...] = ("model_0", "model_1", "model_2", "model_3")
 """The paper's four model keys (the default ``models:``). A run's keys: ``Params.model_keys``."""
 
 DATA_STEPS: tuple[str, ...] = ("ingest", "validate", "split")
-FINAL_STEPS: tuple[str, ...] = ("evaluate", "register")
+FINAL_STEPS: tuple[str, ...] = ("evaluate", "audit", "register")
 STEPS: tuple[str, ...] = (*DATA_STEPS, *MODEL_KEYS, *FINAL_STEPS)
 """The steps of the default pipeline, in topological order (a run's: ``Params.steps``)."""
 
@@ -118,11 +118,24 @@ class SynthParams(_Section):
     max_side: Annotated[StrictInt, Field(ge=16)] = 360
     covid_lateral_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     seed: StrictInt = 20200927
+    control_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    """Cohen patients with a non-COVID finding (the audit's controls, and one excluded
+    finding), per COVID-19 patient; at least 2."""
+    source_shortcut: StrictBool = True
+    """Tie anatomy to the source, as in the real data (Kermany children in PA view, Cohen
+    adults in PA / AP / AP supine views with journal annotations). False: each patient's age
+    group is a coin flip, every frontal view is drawn alike and no image is annotated, so
+    nothing but the disease tells the classes apart."""
+    planted_marker: StrictStr | None = None
+    """A label whose images all get a bright square burned into the upper-right corner (outside
+    the audit's lung-field mask): a planted shortcut for testing the audit. None: no marker."""
 
     @model_validator(mode="after")
     def _sides(self) -> SynthParams:
         if self.min_side > self.max_side:
             raise _fail("data.synth.min_side", "must be <= data.synth.max_side")
+        if self.planted_marker is not None and self.planted_marker not in ALL_LABELS:
+            raise _fail("data.synth.planted_marker", f"must be null or one of {list(ALL_LABELS)}")
         return self
 
 
@@ -240,6 +253,9 @@ class TrainParams(_Section):
     fine_tune_learning_rate: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-4
     class_weights: StrictBool = False
     seed: StrictInt = 1234
+    checkpoint_root: StrictStr | None = None
+    """A durable directory (a PVC or bucket mount) for the per-epoch checkpoints, so a training
+    step retried on another node resumes; null = inside the step's own output."""
 
 
 class ModelSpec(_Section):
@@ -255,6 +271,9 @@ class ModelSpec(_Section):
     init: StrictStr = INIT_SCRATCH
     unfreeze_last: Annotated[StrictInt, Field(ge=0)] | None = None
     weights_path: StrictStr | None = None
+    allow_random_init: StrictBool = False
+    """With ``init: imagenet`` and no ``weights_path``: train from random weights anyway (demo,
+    smoke). Off by default, so a paper run never silently skips the ImageNet weights."""
 
     @property
     def init_kind(self) -> str:
@@ -281,10 +300,34 @@ def _paper_models() -> dict[str, ModelSpec]:
 
 
 class EvaluateParams(_Section):
-    """Evaluation: latency measurement."""
+    """Evaluation: uncertainty (patient-level bootstrap), calibration, explanations, latency."""
 
     latency_samples: PositiveInt = 50
     latency_warmup: Annotated[StrictInt, Field(ge=0)] = 3
+    latency_batch_size: PositiveInt = 32
+    bootstrap_samples: Annotated[StrictInt, Field(ge=100)] = 1000
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    calibration_bins: Annotated[StrictInt, Field(ge=2, le=50)] = 10
+    gradcam_per_class: Annotated[StrictInt, Field(ge=0)] = 2
+    seed: StrictInt = 2020
+
+
+class AuditParams(_Section):
+    """The shortcut audit run on every candidate before promotion (thresholds are judgement
+    calls, so they are params; each test reports its 95 % CI)."""
+
+    enabled: StrictBool = True
+    block_promotion: StrictBool = True
+    max_control_covid_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    """Share of adult non-COVID control X-rays (Cohen's own) a model may call COVID-19."""
+    max_source_probe_auc: Annotated[float, Field(ge=0.5, le=1.0)] = 0.90
+    """AUC of a probe predicting the data source from the model's features."""
+    max_masked_accuracy_gain: Annotated[float, Field(ge=0.0, le=1.0)] = 0.15
+    """Accuracy above chance allowed on test images with the lung field masked out."""
+    mask_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.7
+    """Side of the central (lung-field) box masked, as a fraction of the image side."""
+    min_controls: PositiveInt = 5
+    """Fewer control images than this: the control test is reported as inconclusive."""
 
 
 REGISTER_METRICS: tuple[str, ...] = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -297,12 +340,17 @@ class RegisterParams(_Section):
     alias: StrictStr = "champion"
     metric: Literal["accuracy", "precision_macro", "recall_macro", "f1_macro"] = "f1_macro"
     candidates: tuple[StrictStr, ...] = ("model_1", "model_2", "model_3")
+    promotion_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """A candidate replaces the current champion only if its metric is higher by more than this."""
+    challenger_alias: StrictStr = "challenger"
 
-    @field_validator("alias")
+    @field_validator("alias", "challenger_alias")
     @classmethod
-    def _no_stage(cls, value: str) -> str:
+    def _no_stage(cls, value: str, info: ValidationInfo) -> str:
         if value.lower() in ("staging", "production", "archived", "none"):
-            raise _fail("register.alias", "stage names are deprecated in MLflow; use an alias")
+            raise _fail(
+                f"register.{info.field_name}", "stage names are deprecated in MLflow; use an alias"
+            )
         return value
 
     @field_validator("candidates")
@@ -335,6 +383,7 @@ class Params(_Section):
     train: TrainParams = Field(default_factory=TrainParams)
     models: dict[str, ModelSpec] = Field(default_factory=_paper_models)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    audit: AuditParams = Field(default_factory=AuditParams)
     register: RegisterParams = Field(default_factory=RegisterParams)  # type: ignore[assignment]
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     profile: StrictStr = PAPER

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,25 @@ def _data_source(prov: Provenance) -> dict[str, Any]:
         "origin": prov.origin,
         "pipeline_run_id": prov.pipeline_run_id,
     }
+
+
+def checkpoint_dir(params: Params, pipeline_run_id: str, model_key: str, out: Path) -> Path:
+    """Where a training step checkpoints every epoch: ``train.checkpoint_root`` (a durable
+    volume, so a retried pod on another node resumes) or inside the step's output."""
+    root = params.train.checkpoint_root
+    if root:
+        return Path(root) / pipeline_run_id / model_key
+    return out / "checkpoints"
+
+
+def split_digest(table: Any, splits: tuple[str, ...]) -> str:
+    """Content digest of some splits of a split table (which images, which labels, which split):
+    the MLflow dataset digest of what a run trained or was tested on."""
+    import hashlib
+
+    rows = table[table["split"].isin(splits)].sort_values("path")
+    blob = "\n".join(f"{p},{lab},{sp}" for p, lab, sp in rows[["path", "label", "split"]].values)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def step_params(params: Mapping[str, Any]) -> Params:
@@ -252,8 +272,11 @@ def run_validate(params: Params, dataset_dir: str | Path, out_dir: str | Path) -
     df = read_manifest(dataset_dir)
     summary = validate_manifest(df, params.validate, docs_dir=out / "data_docs")
     write_json_atomic(out / "validation.json", summary.to_dict())
+    page = write_data_docs_page(out / "data_docs", out / DATA_DOCS_PAGE)
     parent = _parent_run(params, prov)
     tracking.log_artifact(parent, out / "validation.json", "validate")
+    if page is not None:
+        tracking.log_artifact(parent, page, "validate")
     if (out / "data_docs").is_dir():
         tracking.log_artifact(parent, out / "data_docs", "validate/data_docs")
     tracking.set_tags(parent, {"cxrflow.validate.success": str(summary.success)})
@@ -261,6 +284,22 @@ def run_validate(params: Params, dataset_dir: str | Path, out_dir: str | Path) -
     _step_done(parent, "validate")
     emit_summary("validate", f"{summary.evaluated} expectations passed on {len(df)} images")
     return summary.to_dict()
+
+
+DATA_DOCS_PAGE = "data_docs.html"
+
+
+def write_data_docs_page(docs_dir: Path, target: Path) -> Path | None:
+    """The newest Data Docs validation page as one self-contained HTML file (KFP's HTML viewer
+    shows one file; GX's site is a folder). None when there are no Data Docs."""
+    from cxrflow.htmlpack import inline_html
+
+    pages = sorted((docs_dir / "validations").rglob("*.html")) if docs_dir.is_dir() else []
+    if not pages:
+        return None
+    newest = max(pages, key=lambda p: p.stat().st_mtime)
+    target.write_text(inline_html(newest), encoding="utf-8")
+    return target
 
 
 # ------------------------------------------------------------------------------------- split
@@ -410,9 +449,9 @@ def run_train(
             )
         tracking.log_dataset(
             run_id,
-            spec.dataset,
-            prov.manifest_hash,
-            _data_source(prov),
+            f"{spec.dataset}/train+val",
+            split_digest(table, ("train", "val")),
+            {**_data_source(prov), "manifest_hash": prov.manifest_hash},
             {"train": len(x_tr), "val": len(x_va), "classes": list(classes)},
             "training",
         )
@@ -435,10 +474,21 @@ def run_train(
             return [tracking.make_epoch_logger(run_id, phase, offset), _Progress(phase, offset)]
 
         t0 = time.perf_counter()
+        ckpt = checkpoint_dir(params, prov.pipeline_run_id, model_key, out)
         result = train_model(
-            spec, params.train, classes, (x_tr, y_tr, x_va, y_va), base, cb, verbose
+            spec,
+            params.train,
+            classes,
+            (x_tr, y_tr, x_va, y_va),
+            base,
+            cb,
+            verbose,
+            checkpoint_dir=ckpt,
+            model_key=model_key,
         )
         train_s = time.perf_counter() - t0
+        if result.resumed_from_epoch:
+            tracking.set_tags(run_id, {"cxrflow.resumed_from_epoch": result.resumed_from_epoch})
         result.model.save(out / MODEL_FILE)
         write_json_atomic(
             out / "history.json", {"history": result.history, "phases": result.phases}
@@ -475,8 +525,12 @@ def run_train(
         "pretrained": result.pretrained,
         "phases": result.phases,
         "train_seconds": train_s,
+        "resumed_from_epoch": result.resumed_from_epoch,
     }
     write_json_atomic(out / MODEL_INFO_FILE, info)
+    # the model is saved and logged: the per-epoch checkpoint (hundreds of MB for ResNet-50)
+    # must not become part of the step's output
+    shutil.rmtree(ckpt, ignore_errors=True)
     _step_done(parent, model_key)
     val_acc = result.history.get("val_accuracy") or [float("nan")]
     emit_summary(
@@ -490,6 +544,46 @@ def run_train(
 # ---------------------------------------------------------------------------------- evaluate
 
 
+MCNEMAR_FILE = "mcnemar.json"
+
+
+@dataclass(frozen=True)
+class TestSplit:
+    """One dataset's test split in memory: images, labels and who they belong to."""
+
+    x: Any
+    y: Any
+    groups: Any
+    sources: Any
+    table: Any
+
+
+def load_test_split(
+    dataset_dir: str | Path,
+    splits_dir: str | Path,
+    dataset: str,
+    classes: list[str],
+    image_size: int,
+) -> TestSplit:
+    """The test split of ``dataset`` with patient ids (bootstrap unit) and sources, in the
+    same row order as the images."""
+    import numpy as np
+
+    from cxrflow.data.split import read_split_table
+    from cxrflow.datasets import load_arrays
+
+    table = read_split_table(splits_dir, dataset)
+    x, y = load_arrays(dataset_dir, table, "test", classes, image_size)
+    rows = table[table["split"] == "test"]
+    return TestSplit(
+        x=x,
+        y=y,
+        groups=np.asarray(rows["patient_id"].astype(str)),
+        sources=np.asarray(rows["source"].astype(str)),
+        table=rows,
+    )
+
+
 def run_evaluate(
     params: Params,
     dataset_dir: str | Path,
@@ -497,44 +591,78 @@ def run_evaluate(
     model_dirs: Mapping[str, str | Path],
     out_dir: str | Path,
 ) -> dict[str, Any]:
-    """Step ``evaluate``: test-split metrics, confusion matrices and latency for each model.
+    """Step ``evaluate``: test-split metrics with patient-level bootstrap CIs, for each model.
 
-    Reads params ``evaluate``, ``train.image_size``. Writes ``metrics.json`` (per model, with
-    its MLflow run and model URI), ``plots/confusion_<model>.png`` and ``summary.md``; logs metrics
-    and plots to each model's nested run.
+    Reads params ``evaluate``. For every model: accuracy, macro and per-class precision /
+    recall / F1, one-vs-rest ROC AUC, confusion matrix and calibration error, each with a
+    confidence interval resampling *patients*; latency at batch 1 and batched with the
+    hardware; plots (confusion matrix, ROC curves, reliability diagram, training curves with
+    the phase boundary, Grad-CAM overlays). McNemar's test between every pair of models tested
+    on the same images. Writes ``metrics.json``, ``mcnemar.json``, ``plots/`` and
+    ``summary.md``; logs metrics and plots to each model's nested run.
     """
     import keras
+    import numpy as np
 
     from cxrflow import tracking
-    from cxrflow.data.split import read_split_table
-    from cxrflow.datasets import load_arrays
-    from cxrflow.evaluate import evaluate_model, flat_metrics, plot_confusion
+    from cxrflow.evaluate import evaluate_model, flat_metrics
+    from cxrflow.gradcam import gradcam_grid
+    from cxrflow.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
+    from cxrflow.stats import mcnemar_pairs
 
+    ep = params.evaluate
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
     prov = read_provenance(dataset_dir)
     parent = _parent_run(params, prov)
     results: dict[str, Any] = {}
-    cache: dict[str, Any] = {}
+    tests: dict[tuple[str, int], TestSplit] = {}
     for key in sorted(model_dirs):
         mdir = Path(model_dirs[key])
         info = json.loads((mdir / MODEL_INFO_FILE).read_text())
-        classes = info["classes"]
+        classes = list(info["classes"])
         dataset = info["dataset"]
-        if dataset not in cache:
-            table = read_split_table(splits_dir, dataset)
-            cache[dataset] = load_arrays(dataset_dir, table, "test", classes, info["image_size"])
-        x, y = cache[dataset]
+        size = int(info["image_size"])
+        if (dataset, size) not in tests:
+            tests[dataset, size] = load_test_split(dataset_dir, splits_dir, dataset, classes, size)
+        test = tests[dataset, size]
         model = keras.models.load_model(mdir / MODEL_FILE)
-        metrics, _ = evaluate_model(
-            model, x, y, classes, params.evaluate.latency_samples, params.evaluate.latency_warmup
-        )
-        png = plot_confusion(
-            metrics["confusion_matrix"],
-            classes,
-            f"{key} on {dataset} test (n={metrics['n_test']})",
-            out / "plots" / f"confusion_{key}.png",
-        )
+        metrics, proba = evaluate_model(model, test.x, test.y, classes, test.groups, ep)
+        title = f"{key} on {dataset} test (n={metrics['n_test']})"
+        pngs = [
+            plot_confusion(
+                metrics["confusion_matrix"], classes, title, plots / f"confusion_{key}.png"
+            ),
+            plot_roc(test.y, proba, classes, title, plots / f"roc_{key}.png"),
+            plot_reliability(
+                test.y, proba, ep.calibration_bins, title, plots / f"reliability_{key}.png"
+            ),
+        ]
+        history_file = mdir / "history.json"
+        if history_file.is_file():
+            hist = json.loads(history_file.read_text())
+            pngs.append(
+                plot_training_curves(
+                    hist["history"],
+                    hist["phases"],
+                    f"{key} training",
+                    plots / f"training_{key}.png",
+                )
+            )
+        if ep.gradcam_per_class > 0:
+            pngs.append(
+                gradcam_grid(
+                    model,
+                    test.x,
+                    test.y,
+                    classes,
+                    ep.gradcam_per_class,
+                    ep.seed,
+                    f"{key}: Grad-CAM on test images",
+                    plots / f"gradcam_{key}.png",
+                )
+            )
         metrics.update(
             model_key=key,
             dataset=dataset,
@@ -544,88 +672,168 @@ def run_evaluate(
             manifest_hash=prov.manifest_hash,
             params_hash=params_hash(params),
             pipeline_run_id=prov.pipeline_run_id,
+            plots=[str(p.relative_to(out)) for p in pngs],
         )
         results[key] = metrics
         tracking.log_metrics(info["run_id"], flat_metrics(metrics))
         tracking.log_dataset(
             info["run_id"],
-            dataset,
-            prov.manifest_hash,
-            _data_source(prov),
-            {"test": int(metrics["n_test"]), "classes": list(classes)},
+            f"{dataset}/test",
+            split_digest(test.table, ("test",)),
+            {**_data_source(prov), "manifest_hash": prov.manifest_hash},
+            {"test": int(metrics["n_test"]), "patients": int(metrics["n_patients"])},
             "evaluation",
         )
-        tracking.log_artifact(info["run_id"], png, "evaluation")
+        for png in pngs:
+            tracking.log_artifact(info["run_id"], png, "evaluation")
         log.info(
-            "%s: accuracy %.4f, macro F1 %.4f, %.2f ms/image",
+            "%s: accuracy %.4f [%.4f, %.4f], macro F1 %.4f, %.2f ms/image",
             key,
             metrics["accuracy"],
+            metrics["accuracy_ci"]["ci_low"] or float("nan"),
+            metrics["accuracy_ci"]["ci_high"] or float("nan"),
             metrics["f1_macro"],
             metrics["latency_ms_per_image"],
         )
+    pairs: list[dict[str, Any]] = []
+    for dataset in sorted({m["dataset"] for m in results.values()}):
+        same = {k: m for k, m in results.items() if m["dataset"] == dataset}
+        if len(same) < 2:
+            continue
+        y = next(t.y for (d, _), t in tests.items() if d == dataset)
+        preds = {k: np.asarray(m["predictions"]) for k, m in same.items()}
+        pairs += [{"dataset": dataset, **pair} for pair in mcnemar_pairs(y, preds)]
     write_json_atomic(out / METRICS_FILE, results)
-    (out / "summary.md").write_text(format_summary(results))
-    tracking.log_artifact(parent, out / METRICS_FILE, "evaluate")
-    tracking.log_artifact(parent, out / "summary.md", "evaluate")
+    write_json_atomic(out / MCNEMAR_FILE, pairs)
+    (out / "summary.md").write_text(format_summary(results, pairs))
+    for name in (METRICS_FILE, MCNEMAR_FILE, "summary.md"):
+        tracking.log_artifact(parent, out / name, "evaluate")
     for key, m in results.items():
         tracking.log_metrics(parent, {f"{key}.{k}": v for k, v in flat_metrics(m).items()})
     _step_done(parent, "evaluate")
     if results:
         best = max(results, key=lambda k: results[k]["f1_macro"])
+        ci = results[best]["f1_macro_ci"]
         emit_summary(
             "evaluate",
             f"{len(results)} models on the test split; best macro F1 {best} "
-            f"{results[best]['f1_macro']:.3f} (accuracy {results[best]['accuracy']:.3f})",
+            f"{results[best]['f1_macro']:.3f} [{_fmt(ci.get('ci_low'))}, "
+            f"{_fmt(ci.get('ci_high'))}]",
         )
     return results
 
 
-def format_summary(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table of the models' test metrics."""
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{float(value):.{digits}f}"
+
+
+def _with_ci(m: Mapping[str, Any], name: str) -> str:
+    ci = m.get(f"{name}_ci") or {}
+    if ci.get("ci_low") is None:
+        return _fmt(m.get(name))
+    return f"{_fmt(m.get(name))} [{_fmt(ci['ci_low'])}, {_fmt(ci['ci_high'])}]"
+
+
+def format_summary(
+    results: Mapping[str, Mapping[str, Any]], mcnemar: Sequence[Mapping[str, Any]] | None = None
+) -> str:
+    """Markdown table of the models' test metrics with their 95 % CIs (and McNemar's tests)."""
     lines = [
-        "| model | dataset | n_test | accuracy | precision | recall | F1 | ms/image |",
+        "| model | dataset | n_test | accuracy [95% CI] | macro F1 [95% CI] | ROC AUC | ECE "
+        "| ms/image |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(results):
         m = results[key]
         lines.append(
-            f"| {key} | {m['dataset']} | {m['n_test']} | {m['accuracy']:.4f} | "
-            f"{m['precision_macro']:.4f} | {m['recall_macro']:.4f} | {m['f1_macro']:.4f} | "
-            f"{m['latency_ms_per_image']:.2f} |"
+            f"| {key} | {m['dataset']} | {m['n_test']} | {_with_ci(m, 'accuracy')} | "
+            f"{_with_ci(m, 'f1_macro')} | {_with_ci(m, 'roc_auc_macro')} | "
+            f"{_fmt(m.get('ece'))} | {m['latency_ms_per_image']:.2f} |"
         )
+    if mcnemar:
+        lines += [
+            "",
+            "| McNemar | dataset | a right, b wrong | a wrong, b right | p |",
+            "|---|---|---|---|---|",
+        ]
+        for pair in mcnemar:
+            lines.append(
+                f"| {pair['a']} vs {pair['b']} | {pair['dataset']} | "
+                f"{pair['n_a_right_b_wrong']} | {pair['n_a_wrong_b_right']} | "
+                f"{_fmt(pair['p_value'], 4)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------- register
 
 
-def run_register(params: Params, evaluation_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Step ``register``: register the best candidate and point the alias at it.
+AUDIT_FILE = "audit.json"
 
-    Reads params ``register``. Uses :func:`cxrflow.register.select_champion`; sets the alias
-    (``champion``), never a stage.
+
+def run_register(
+    params: Params,
+    evaluation_dir: str | Path,
+    out_dir: str | Path,
+    audit_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Step ``register``: register the best candidate as champion, or as challenger.
+
+    Reads params ``register``, ``audit``. :func:`cxrflow.register.decide_promotion` decides:
+    a candidate that failed the shortcut audit (when ``audit.block_promotion``) is never
+    promoted; the best allowed candidate becomes ``champion`` only if it beats the current
+    champion by more than ``register.promotion_margin``; otherwise it is registered with the
+    alias ``challenger`` and the reason as a tag. Aliases only, never the deprecated stages.
     """
     from cxrflow import tracking
-    from cxrflow.register import select_champion
+    from cxrflow.register import CHAMPION, decide_promotion
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = json.loads((Path(evaluation_dir) / METRICS_FILE).read_text())
+    audit: dict[str, Any] = {}
+    if audit_dir is not None and (Path(audit_dir) / AUDIT_FILE).is_file():
+        audit = json.loads((Path(audit_dir) / AUDIT_FILE).read_text())
     rp = params.register
-    champion = select_champion(results, rp.metric, rp.candidates)
-    m = results[champion]
     tracking.configure(params.tracking.experiment_name)
+    current = tracking.alias_version(rp.model_name, rp.alias)
+    current_value = None
+    if current is not None:
+        tag = current["tags"].get(f"cxrflow.metric.{rp.metric}") or current["tags"].get(
+            f"cxrflow.{rp.metric}"
+        )
+        current_value = float(tag) if tag else None
+    passed = {k: (audit[k]["passed"] if k in audit else None) for k in rp.candidates}
+    scores = {k: float(results[k][rp.metric]) for k in rp.candidates if k in results}
+    decision = decide_promotion(
+        scores,
+        rp.candidates,
+        passed,
+        current_value,
+        metric=rp.metric,
+        margin=rp.promotion_margin,
+        block_on_audit=params.audit.block_promotion,
+    )
+    key = decision.model_key
+    m = results[key]
+    alias = rp.alias if decision.role == CHAMPION else rp.challenger_alias
     metric_tags = {
         f"cxrflow.metric.{k}": f"{float(m[k]):.6f}"
-        for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")
-        if k in m
+        for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_macro")
+        if m.get(k) is not None
     }
+    audit_tags = {}
+    if key in audit:
+        audit_tags = {
+            "cxrflow.audit.passed": str(audit[key]["passed"]).lower(),
+            "cxrflow.audit.reasons": "; ".join(audit[key].get("reasons", []))[:4900],
+        }
     version = tracking.register_model(
         m["model_uri"],
         rp.model_name,
-        rp.alias,
+        alias,
         tags={
-            "cxrflow.model_key": champion,
+            "cxrflow.model_key": key,
             f"cxrflow.{rp.metric}": f"{m[rp.metric]:.6f}",
             "cxrflow.run_id": m["run_id"],
             "cxrflow.dataset": m["dataset"],
@@ -633,23 +841,36 @@ def run_register(params: Params, evaluation_dir: str | Path, out_dir: str | Path
             tracking.TAG_MANIFEST_HASH: str(m.get("manifest_hash", "")),
             tracking.TAG_PIPELINE_RUN: str(m.get("pipeline_run_id", "")),
             "cxrflow.params_hash": params_hash(params),
+            "cxrflow.promotion": decision.role,
+            "cxrflow.promotion_reason": decision.reason[:4900],
             **metric_tags,
+            **audit_tags,
         },
-        description=f"{champion}: {rp.metric}={m[rp.metric]:.4f} on {m['n_test']} test images",
+        description=f"{key} ({decision.role}): {decision.reason}",
     )
+    champion = key if decision.role == CHAMPION else None
     info = {
+        "model_key": key,
+        "role": decision.role,
+        "reason": decision.reason,
         "champion": champion,
+        "previous_champion_version": None if current is None else current["version"],
         "metric": rp.metric,
         "value": m[rp.metric],
         "model_name": rp.model_name,
-        "alias": rp.alias,
+        "alias": alias,
         "version": version,
-        "model_uri": f"models:/{rp.model_name}@{rp.alias}",
+        "model_uri": f"models:/{rp.model_name}@{alias}",
         "source_model_uri": m["model_uri"],
+        "audit_passed": decision.audit_passed,
+        "eligible": list(decision.eligible),
         "candidates": {k: results[k][rp.metric] for k in rp.candidates if k in results},
+        "audit": {
+            k: {"passed": v["passed"], "reasons": v.get("reasons", [])} for k, v in audit.items()
+        },
     }
     write_json_atomic(out / REGISTERED_FILE, info)
-    tracking.set_tags(m["run_id"], {"cxrflow.champion": "true"})
+    tracking.set_tags(m["run_id"], {"cxrflow.promotion": decision.role})
     pipeline_run_id = str(m.get("pipeline_run_id", ""))
     parent = (
         tracking.find_parent_run(params.tracking.experiment_name, pipeline_run_id)
@@ -657,14 +878,163 @@ def run_register(params: Params, evaluation_dir: str | Path, out_dir: str | Path
         else None
     )
     if parent is not None:
-        tracking.set_tags(parent, {"cxrflow.champion": champion})
+        tracking.set_tags(
+            parent,
+            {
+                "cxrflow.champion": champion or "none",
+                "cxrflow.promotion": f"{key} -> {alias}",
+                "cxrflow.promotion_reason": decision.reason[:4900],
+            },
+        )
         _step_done(parent, "register")
     emit_summary(
         "register",
-        f"champion {champion} ({rp.metric} {m[rp.metric]:.3f}) -> "
-        f"models:/{rp.model_name}@{rp.alias} (version {version})",
+        f"{key} -> models:/{rp.model_name}@{alias} (version {version}): {decision.reason}",
     )
     return info
+
+
+def run_audit(
+    params: Params,
+    dataset_dir: str | Path,
+    splits_dir: str | Path,
+    model_dirs: Mapping[str, str | Path],
+    out_dir: str | Path,
+) -> dict[str, Any]:
+    """Step ``audit``: the shortcut audit of every candidate model, before register.
+
+    Reads params ``audit``, ``register.candidates``, ``evaluate`` (bootstrap size and seed).
+    For each candidate: the share of adult non-COVID control X-rays from the COVID source that
+    it calls COVID-19, how well a probe tells the data sources apart from its features, and its
+    accuracy with the lung field masked out, each with a CI and a verdict against the
+    thresholds (:func:`cxrflow.audit.audit_verdict`). Writes ``audit.json`` and the mask
+    picture; logs the figures and the verdict to each model's nested run.
+    """
+    import keras
+
+    from cxrflow import tracking
+    from cxrflow.audit import audit_model, control_arrays, plot_mask
+    from cxrflow.data.manifest import read_manifest
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prov = read_provenance(dataset_dir)
+    parent = _parent_run(params, prov)
+    results: dict[str, Any] = {}
+    if not params.audit.enabled:
+        write_json_atomic(out / AUDIT_FILE, results)
+        _step_done(parent, "audit")
+        emit_summary("audit", "disabled (audit.enabled: false): nothing audited")
+        return results
+    manifest = read_manifest(dataset_dir)
+    ep = params.evaluate
+    controls_cache: dict[tuple[str, int], dict[str, Any]] = {}
+    for key in [k for k in params.register.candidates if k in model_dirs]:
+        mdir = Path(model_dirs[key])
+        info = json.loads((mdir / MODEL_INFO_FILE).read_text())
+        classes = list(info["classes"])
+        dataset, size = info["dataset"], int(info["image_size"])
+        test = load_test_split(dataset_dir, splits_dir, dataset, classes, size)
+        if (dataset, size) not in controls_cache:
+            controls_cache[dataset, size] = control_arrays(
+                dataset_dir, manifest, size, _split_table(splits_dir, dataset)
+            )
+        model = keras.models.load_model(mdir / MODEL_FILE)
+        result = audit_model(
+            model,
+            x_test=test.x,
+            y_test=test.y,
+            groups_test=list(test.groups),
+            sources_test=list(test.sources),
+            classes=classes,
+            params=params.audit,
+            seed=ep.seed,
+            n_boot=ep.bootstrap_samples,
+            **controls_cache[dataset, size],
+        )
+        result["figures"] = audit_figures(result)
+        results[key] = result
+        tracking.log_metrics(
+            info["run_id"], {f"audit_{k}": v for k, v in result["figures"].items() if v is not None}
+        )
+        tracking.set_tags(
+            info["run_id"],
+            {
+                "cxrflow.audit.passed": str(result["passed"]).lower(),
+                "cxrflow.audit.reasons": "; ".join(result["reasons"])[:4900],
+            },
+        )
+    if results:
+        first = next(iter(controls_cache.values()))
+        sample = first["x_controls"][0] if len(first["x_controls"]) else None
+        if sample is not None:
+            plot_mask(sample, params.audit.mask_fraction, out / "lung_mask.png")
+    write_json_atomic(out / AUDIT_FILE, results)
+    tracking.log_artifact(parent, out / AUDIT_FILE, "audit")
+    passed = [k for k, r in results.items() if r["passed"]]
+    tracking.set_tags(parent, {"cxrflow.audit.passed": ",".join(passed) or "none"})
+    _step_done(parent, "audit")
+    emit_summary(
+        "audit",
+        "; ".join(f"{k} {'passed' if r['passed'] else 'FAILED'}" for k, r in results.items())
+        or "no candidate to audit",
+    )
+    return results
+
+
+def _split_table(splits_dir: str | Path, dataset: str) -> Any:
+    """A dataset's whole split table (controls of its train/val patients are left out)."""
+    from cxrflow.data.split import read_split_table
+
+    return read_split_table(splits_dir, dataset)
+
+
+def audit_figures(result: Mapping[str, Any]) -> dict[str, float | None]:
+    """The audit's headline numbers (for MLflow metrics and the KFP UI)."""
+    rate = (result.get("controls") or {}).get("covid_rate") or {}
+    auc = (result.get("source_probe") or {}).get("auc") or {}
+    masked = ((result.get("ablation") or {}).get("masked") or {}).get("balanced_accuracy") or {}
+    return {
+        "control_covid_rate": rate.get("value"),
+        "source_probe_auc": auc.get("value"),
+        "masked_balanced_accuracy": masked.get("value"),
+    }
+
+
+def format_promotion(registered: Mapping[str, Any]) -> str:
+    """The audit verdicts and the promotion decision, plainly (the end of a run's output)."""
+    lines = [""]
+    audit = registered.get("audit") or {}
+    if audit:
+        lines.append("| candidate | shortcut audit | why |")
+        lines.append("|---|---|---|")
+        for key, verdict in audit.items():
+            why = "; ".join(verdict.get("reasons", [])) or "all tests within thresholds"
+            lines.append(f"| {key} | {'passed' if verdict['passed'] else 'FAILED'} | {why} |")
+        if not any(v["passed"] for v in audit.values()):
+            lines.append("")
+            lines.append("NO MODEL PASSED THE SHORTCUT AUDIT: none was promoted to champion.")
+    lines.append("")
+    lines.append(
+        f"{registered['model_key']} -> models:/{registered['model_name']}@{registered['alias']} "
+        f"(version {registered['version']}): {registered['reason']}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def log_report(params: Params, dataset_dir: str | Path, files: list[Path]) -> str | None:
+    """Log report files to the MLflow parent run of the run that made ``dataset_dir``."""
+    from cxrflow import tracking
+
+    prov = read_provenance(dataset_dir)
+    if not tracking.tracking_store_exists():
+        return None
+    parent = tracking.find_parent_run(params.tracking.experiment_name, prov.pipeline_run_id)
+    if parent is None:
+        return None
+    for f in files:
+        tracking.log_artifact(parent, f, "report")
+    return parent
 
 
 # ------------------------------------------------------------------------------ start points

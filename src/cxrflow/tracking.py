@@ -301,6 +301,18 @@ def register_model(
     return int(mv.version)
 
 
+def alias_version(name: str, alias: str) -> dict[str, Any] | None:
+    """The model version an alias points at (``{"version", "tags", "run_id"}``), or None."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        mv = MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return {"version": int(mv.version), "tags": dict(mv.tags or {}), "run_id": mv.run_id}
+
+
 class ModelNotFoundError(LookupError):
     """No model behind a model URI (nothing registered, unknown alias or run)."""
 

@@ -63,7 +63,7 @@ def test_pipeline_pinned_to_v1_reproduces_v1(data_registry, tmp_path: Path, monk
     ]
     assert len(parents) == 1
     assert parents[0].info.status == "FINISHED"
-    assert parents[0].data.tags["cxrflow.champion"] in ("model_1", "model_2", "model_3")
+    assert parents[0].data.tags["cxrflow.champion"] in ("model_1", "model_2", "model_3", "none")
     tags = parents[0].data.tags
     assert tags["cxrflow.data.manifest_hash"] == h1["manifest_hash"]  # reproduced exactly
     assert tags["cxrflow.data.version"].startswith("data-v1@")

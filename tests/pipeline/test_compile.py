@@ -144,7 +144,7 @@ def test_dvc_stages_equal_pipeline_steps_and_cli() -> None:
         assert verb in commands, name
     data_steps = [n for n in names if n in STEPS]
     trained = [n.split("@", 1)[1] for n in names if n.startswith("train@")]
-    assert data_steps == ["ingest", "validate", "split", "evaluate", "register"]
+    assert data_steps == ["ingest", "validate", "split", "evaluate", "audit", "register"]
     assert trained == list(MODEL_KEYS)
     train_cmd = " ".join(stages["train"]["do"]["cmd"].split())
     assert "train ${key} " in train_cmd
@@ -160,7 +160,8 @@ def test_dvc_stages_list_exactly_their_params() -> None:
         "start": {"models", "train.seed"},
         "train": {"train", "models.${key}", "tracking"},
         "evaluate": {"evaluate", "models", "tracking"},
-        "register": {"register", "tracking"},
+        "audit": {"audit", "evaluate", "register.candidates", "tracking"},
+        "register": {"register", "audit.block_promotion", "tracking"},
     }
     for name, stage in stages.items():
         body = stage.get("do", stage)

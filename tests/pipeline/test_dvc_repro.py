@@ -81,7 +81,8 @@ def test_dvc_repro_smoke(project) -> None:
     metrics = json.loads((work / "reports/evaluate/metrics.json").read_text())
     assert sorted(metrics) == ["model_0", "model_1", "model_2", "model_3"]
     registered = json.loads((work / "reports/register/registered.json").read_text())
-    assert registered["alias"] == "champion"
+    assert registered["alias"] in ("champion", "challenger")
+    assert (work / "reports/audit/audit.json").is_file()
     assert (work / "dvc.lock").is_file()
     resolved = yaml.safe_load((work / "build/params.resolved.yaml").read_text())
     assert resolved["profile"] == "smoke" and resolved["train"]["image_size"] == 32

@@ -73,7 +73,16 @@ def test_all_steps_ran_and_metrics_exist(local_run: dict) -> None:
     assert metrics["model_0"]["classes"] == ["normal", "bacterial", "viral"]
     assert metrics["model_1"]["classes"] == ["normal", "bacterial", "covid"]
     assert metrics["model_4"]["classes"] == ["normal", "bacterial", "covid"]
-    assert local_run["registered"]["champion"] in ("model_1", "model_2", "model_3")
+    registered = local_run["registered"]
+    assert registered["model_key"] in ("model_1", "model_2", "model_3")
+    assert registered["role"] in ("champion", "challenger")
+    assert registered["alias"] == registered["role"]
+    # the audit ran on every candidate and the decision follows it
+    assert set(registered["audit"]) == {"model_1", "model_2", "model_3", "model_4"} & set(
+        local_run["params"].register.candidates
+    )
+    if registered["role"] == "champion":
+        assert registered["audit"][registered["model_key"]]["passed"]
     steps = [s.name for s in local_run["out"].steps]
     assert set(steps) == {*local_run["params"].steps, "finalize"}
     assert all(s.status == "ok" for s in local_run["out"].steps)
@@ -118,18 +127,27 @@ def test_mlflow_has_parent_model_runs_datasets_and_champion(local_run: dict) -> 
         inputs = r.inputs.dataset_inputs
         contexts = {t.value for d in inputs for t in d.tags if t.key == "mlflow.data.context"}
         assert contexts == {"training", "evaluation"}, r.data.tags["cxrflow.model_key"]
+        names = {d.dataset.name for d in inputs}
+        ds = r.data.tags["cxrflow.dataset"]
+        assert names == {f"{ds}/train+val", f"{ds}/test"}
         for d in inputs:
-            assert manifest_hash.startswith(d.dataset.digest)
             source = json.loads(d.dataset.source)
+            assert source["manifest_hash"] == manifest_hash
             assert source["data_version"] == parent.data.tags["cxrflow.data.version"]
-    assert parent.inputs.dataset_inputs[0].dataset.name == "manifest"
+    (manifest_input,) = parent.inputs.dataset_inputs
+    assert manifest_input.dataset.name == "manifest"
+    assert manifest_hash.startswith(manifest_input.dataset.digest)
     m3 = next(r for r in models if r.data.tags["cxrflow.model_key"] == "model_3")
     assert "NONE" in m3.data.tags["cxrflow.pretrained_weights"]
     assert "WITHOUT ImageNet" in m3.data.tags["cxrflow.warning"]
     assert len(manifest_hash) == 64
     name = local_run["params"].register.model_name
-    mv = client.get_model_version_by_alias(name, "champion")
-    assert mv.tags["cxrflow.model_key"] == local_run["registered"]["champion"]
+    registered = local_run["registered"]
+    mv = client.get_model_version_by_alias(name, registered["alias"])
+    assert mv.tags["cxrflow.model_key"] == registered["model_key"]
+    assert mv.tags["cxrflow.promotion"] == registered["role"]
+    assert mv.tags["cxrflow.promotion_reason"] == registered["reason"]
+    assert mv.tags["cxrflow.audit.passed"] in ("true", "false")
     assert mv.tags["cxrflow.data.version"] == parent.data.tags["cxrflow.data.version"]
     assert mv.tags["cxrflow.data.manifest_hash"] == manifest_hash
     assert float(mv.tags["cxrflow.metric.f1_macro"]) == pytest.approx(
@@ -173,6 +191,8 @@ def test_predict_with_champion(local_run: dict, tmp_path: Path) -> None:
     bad = tmp_path / "broken.jpeg"
     bad.write_bytes(b"not a jpeg")
     env = {"MLFLOW_TRACKING_URI": local_run["uri"], "PATH": "/usr/bin:/bin"}
+    registered = local_run["registered"]
+    uri = f"models:/{registered['model_name']}@{registered['alias']}"
     cmd = [
         sys.executable,
         "-m",
@@ -182,6 +202,8 @@ def test_predict_with_champion(local_run: dict, tmp_path: Path) -> None:
         "--profile",
         "smoke",
         "predict",
+        "--model-uri",
+        uri,
         str(folder),
         str(bad),
         "--json",
