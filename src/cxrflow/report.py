@@ -110,17 +110,17 @@ def _audit_rows(audit: Mapping[str, Any]) -> list[str]:
         controls = r.get("controls") or {}
         probe = r.get("source_probe") or {}
         ablation = r.get("ablation") or {}
+        masked = (ablation.get("masked") or {}).get("balanced_accuracy")
+        unmasked = (ablation.get("unmasked") or {}).get("balanced_accuracy")
+        chance = ablation.get("chance")
         rows.append(
             [
                 key,
                 "passed" if r.get("passed") else "**FAILED**",
-                _ci(controls.get("covid_rate") or controls.get("rate_ci") or controls),
-                _ci(probe.get("auc") if isinstance(probe.get("auc"), Mapping) else probe, 1, 3),
-                _ci(
-                    ablation.get("masked_accuracy")
-                    if isinstance(ablation.get("masked_accuracy"), Mapping)
-                    else None
-                ),
+                f"{_ci(controls.get('covid_rate'))} (n={controls.get('n', '?')})",
+                _ci(probe.get("auc"), 1, 3),
+                f"{_ci(masked)} (unmasked {_ci(unmasked)}; chance "
+                f"{'n/a' if chance is None else f'{100 * chance:.1f}'})",
             ]
         )
     lines += _table(
@@ -128,8 +128,8 @@ def _audit_rows(audit: Mapping[str, Any]) -> list[str]:
             "candidate",
             "verdict",
             "controls called COVID-19, % [95% CI]",
-            "source-probe AUC [95% CI]",
-            "accuracy without lungs, % [95% CI]",
+            "source-probe AUC within labels [95% CI]",
+            "balanced accuracy with the lung field masked, % [95% CI]",
         ],
         rows,
     )
