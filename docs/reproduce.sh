@@ -25,4 +25,7 @@ start=$(date +%s)
 .venv/bin/cxrflow "${SETTINGS[@]}" pipeline run --local --pipeline-root "$OUT/kfp"
 run_dir=$(ls -d "$OUT"/kfp/cxrflow-* | tail -1)
 elapsed="$(( ($(date +%s) - start) / 60 )) min"
-.venv/bin/cxrflow "${SETTINGS[@]}" report --run-dir "$run_dir" --out docs --elapsed "$elapsed"
+# --no-patient-images: the committed report must not carry the patients' X-rays (Grad-CAM
+# overlays stay in the run's outputs and in MLflow)
+.venv/bin/cxrflow "${SETTINGS[@]}" report --run-dir "$run_dir" --out docs --elapsed "$elapsed" \
+  --no-patient-images

@@ -320,6 +320,13 @@ def report(
     registered: Annotated[Path | None, typer.Option(help="a register output")] = None,
     out: Annotated[Path, typer.Option(help="where reproduction.md/.html go")] = Path("reports"),
     elapsed: Annotated[str, typer.Option(help="the run's wall time, for the report")] = "",
+    note: Annotated[
+        list[str] | None, typer.Option(help="a sentence about how the run was made (repeat)")
+    ] = None,
+    patient_images: Annotated[
+        bool,
+        typer.Option(help="include figures showing patients' X-rays (Grad-CAM, the mask)"),
+    ] = True,
 ) -> None:
     """Write reports/reproduction.md and a self-contained reproduction.html: the paper's
     numbers beside ours with CIs and McNemar p-values, the data, the audit, Grad-CAM, and what
@@ -334,7 +341,14 @@ def report(
     else:
         raise ValueError("give --run-dir, or --dataset, --splits and --evaluation")
     params = _SETTINGS.params()
-    md, html = build_report(outputs, params, out, elapsed=elapsed)
+    md, html = build_report(
+        outputs,
+        params,
+        out,
+        elapsed=elapsed,
+        notes=tuple(note or ()),
+        patient_images=patient_images,
+    )
     logged = log_report(params, outputs.dataset, [md, html])
     print(f"report -> {md} and {html}" + (f" (MLflow run {logged})" if logged else ""))
 

@@ -186,6 +186,8 @@ def build_report(
     *,
     hardware: Mapping[str, Any] | None = None,
     elapsed: str = "",
+    notes: tuple[str, ...] = (),
+    patient_images: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``reproduction.md`` (+ ``reproduction_files/``) and ``reproduction.html``.
 
@@ -195,6 +197,10 @@ def build_report(
         out_dir: Where to write.
         hardware: The evaluation hardware (default: what evaluate recorded).
         elapsed: Wall time of the run, as text.
+        notes: Sentences about how this run was made, listed under "About this run".
+        patient_images: Include figures that show the patients' X-rays (Grad-CAM overlays, the
+            mask picture). Off for a report that goes into a repository that must not store
+            the images: the figures stay in MLflow and in the run's outputs.
 
     Returns:
         The Markdown and HTML paths.
@@ -217,7 +223,7 @@ def build_report(
 
     def figure(rel: str, caption: str) -> str:
         src = outputs.evaluation / rel
-        if not src.is_file():
+        if not src.is_file() or (not patient_images and src.name.startswith("gradcam_")):
             return ""
         shutil.copyfile(src, files / src.name)
         return f"![{caption}](reproduction_files/{src.name})"
@@ -328,7 +334,7 @@ def build_report(
     if audit:
         lines += _audit_rows(audit)
         mask = next(iter(sorted(outputs.audit.glob("*.png"))), None) if outputs.audit else None
-        if mask is not None:
+        if mask is not None and patient_images:
             shutil.copyfile(mask, files / mask.name)
             lines += ["", f"![the lung-field mask](reproduction_files/{mask.name})"]
     else:
@@ -343,6 +349,14 @@ def build_report(
             f"{registered['version']}): {registered['reason']}",
         ]
     lines += ["", "## Figures", ""]
+    if not patient_images:
+        lines += [
+            "Grad-CAM overlays and the mask picture show patients' X-rays, which this copy of "
+            "the report leaves out (the images may not be stored here); they are in the run's "
+            "outputs (`evaluation/plots/gradcam_<model>.png`) and in MLflow, and "
+            "`bash docs/reproduce.sh` regenerates them.",
+            "",
+        ]
     for key in sorted(metrics):
         for rel in metrics[key].get("plots", []):
             fig = figure(rel, f"{key}: {Path(rel).stem}")
@@ -354,6 +368,8 @@ def build_report(
     short = ((split.get("shortfalls") or {}).get("dataset_1") or {}).get("covid", "?")
     lines += ["## What differs from the paper", ""]
     lines += [f"- {d.format(covid=covid, short=short)}" for d in DIFFERENCES]
+    if notes:
+        lines += ["", "## About this run", ""] + [f"- {n}" for n in notes]
     lines += [
         "",
         "## Regenerate",
