@@ -17,6 +17,10 @@ def _params(registry: Path, version: str | None):
     sets = [
         f"data.registry={registry}",
         "data.sources={kermany: [raw/kermany], cohen: [raw/cohen]}",
+        # this test is about the data: the lightest evaluation that still runs every step
+        "evaluate.bootstrap_samples=100",
+        "evaluate.gradcam_per_class=0",
+        "audit.enabled=false",
     ]
     if version is not None:
         sets.append(f"data.version={version}")

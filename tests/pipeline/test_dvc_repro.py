@@ -55,6 +55,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, work / name)
     _edit_params(work, profile="smoke")
+    # this test is about DVC: the lightest evaluation that still runs every stage
+    _edit_params(
+        work,
+        profiles__smoke__evaluate__bootstrap_samples=100,
+        profiles__smoke__evaluate__gradcam_per_class=0,
+    )
     bindir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
