@@ -27,10 +27,10 @@ run: venv ## run the whole pipeline locally (kfp.local) on the demo profile, off
 	$(BIN)/cxrflow --profile $(PROFILE) pipeline run --local
 
 test: venv lint typecheck ## ruff, mypy, unit + integration + pipeline tests (what CI runs)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 unit: venv ## the fast loop: tests not marked slow or s3 (a few minutes)
-	$(BIN)/python -m pytest -q -m "not slow and not s3"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not s3"
 
 lint: venv ## ruff lint + format check
 	$(BIN)/ruff check src components pipelines tests bench
