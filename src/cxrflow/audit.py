@@ -210,11 +210,12 @@ def penultimate_features(model: Any, x: np.ndarray) -> np.ndarray:
 
 
 def _interval(values: np.ndarray) -> tuple[float | None, float | None]:
+    from cxrflow.stats import percentile_bounds
+
     values = values[np.isfinite(values)]
     if not len(values):
         return None, None
-    tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
-    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    lo, hi = percentile_bounds(values, CONFIDENCE)
     return float(lo), float(hi)
 
 

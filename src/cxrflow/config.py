@@ -687,11 +687,6 @@ def params_json_schema() -> dict[str, Any]:
     return schema
 
 
-def model_dataset_classes(spec: ModelSpec) -> tuple[str, ...]:
-    """The classes a model's dataset has, in output order."""
-    return DATASETS[spec.dataset]
-
-
 def check_model_key(params: Params, key: str) -> ModelSpec:
     """The spec of ``key`` or a ParamsError naming the known keys."""
     if key not in params.models:

@@ -915,6 +915,7 @@ def run_audit(
     from cxrflow import tracking
     from cxrflow.audit import audit_model, control_arrays, plot_mask
     from cxrflow.data.manifest import read_manifest
+    from cxrflow.data.split import read_split_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -937,7 +938,7 @@ def run_audit(
         test = load_test_split(dataset_dir, splits_dir, dataset, classes, size)
         if (dataset, size) not in controls_cache:
             controls_cache[dataset, size] = control_arrays(
-                dataset_dir, manifest, size, _split_table(splits_dir, dataset)
+                dataset_dir, manifest, size, read_split_table(splits_dir, dataset)
             )
         model = keras.models.load_model(mdir / MODEL_FILE)
         result = audit_model(
@@ -980,13 +981,6 @@ def run_audit(
         or "no candidate to audit",
     )
     return results
-
-
-def _split_table(splits_dir: str | Path, dataset: str) -> Any:
-    """A dataset's whole split table (controls of its train/val patients are left out)."""
-    from cxrflow.data.split import read_split_table
-
-    return read_split_table(splits_dir, dataset)
 
 
 def audit_figures(result: Mapping[str, Any]) -> dict[str, float | None]:

@@ -116,12 +116,11 @@ def get_or_create_parent_run(
     """Find the parent run of ``pipeline_run_id`` or create it; returns its run id."""
     from mlflow.tracking import MlflowClient
 
-    exp_id = configure(experiment_name)
-    flt = f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and tags.`{TAG_KIND}` = 'pipeline'"
-    found = _search_one(exp_id, flt)
-    client = MlflowClient()
+    found = find_parent_run(experiment_name, pipeline_run_id)
     if found is not None:
-        return str(found.info.run_id)
+        return found
+    exp_id = configure(experiment_name)
+    client = MlflowClient()
     run = client.create_run(
         exp_id,
         run_name=f"pipeline-{pipeline_run_id[:40]}",
@@ -360,13 +359,6 @@ def end_run(run_id: str, status: str) -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient().set_terminated(run_id, status)
-
-
-def run_status(run_id: str) -> str:
-    """A run's status (``RUNNING``, ``FINISHED``, ``FAILED``...)."""
-    from mlflow.tracking import MlflowClient
-
-    return str(MlflowClient().get_run(run_id).info.status)
 
 
 def run_tags(run_id: str) -> dict[str, str]:
