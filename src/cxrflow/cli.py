@@ -560,7 +560,7 @@ HostOption = Annotated[str | None, typer.Option(help="KFP API endpoint (default:
 NamespaceOption = Annotated[
     str | None, typer.Option(help="multi-user namespace (default: $KFP_NAMESPACE)")
 ]
-ExperimentOption = Annotated[str, typer.Option(help="KFP experiment")]
+ExperimentOption = Annotated[str | None, typer.Option(help="KFP experiment (default: cxrflow)")]
 
 
 def _package(package: Path | None) -> tuple[Path, list[str]]:
@@ -588,7 +588,7 @@ def pipeline_submit(
     package: PackageOption = None,
     host: HostOption = None,
     namespace: NamespaceOption = None,
-    experiment: ExperimentOption = "cxrflow",
+    experiment: ExperimentOption = None,
     run_name: Annotated[
         str | None, typer.Option(help="display name (default: timestamped)")
     ] = None,
@@ -597,9 +597,9 @@ def pipeline_submit(
     from pipelines.submit import submit_run
 
     path, overrides = _package(package)
-    run_id = submit_run(
-        host, path, overrides, experiment=experiment, run_name=run_name, namespace=namespace
-    )
+    # unset options are left out, so the defaults live once, in pipelines.submit
+    given = _given(experiment=experiment)
+    run_id = submit_run(host, path, overrides, run_name=run_name, namespace=namespace, **given)
     print(f"run id: {run_id}")
 
 
@@ -608,11 +608,13 @@ def pipeline_schedule(
     package: PackageOption = None,
     host: HostOption = None,
     namespace: NamespaceOption = None,
-    experiment: ExperimentOption = "cxrflow",
+    experiment: ExperimentOption = None,
     cron: Annotated[
-        str, typer.Option(help="6-field KFP cron, seconds first (default 02:00 daily)")
-    ] = "0 0 2 * * *",
-    job_name: Annotated[str, typer.Option(help="recurring run name")] = "cxrflow-nightly",
+        str | None, typer.Option(help="6-field KFP cron, seconds first (default 02:00 daily)")
+    ] = None,
+    job_name: Annotated[
+        str | None, typer.Option(help="recurring run name (default: cxrflow-nightly)")
+    ] = None,
     max_concurrency: Annotated[int, typer.Option(help="runs at once")] = 1,
     replace: Annotated[bool, typer.Option(help="replace a schedule of that name")] = False,
 ) -> None:
@@ -623,15 +625,18 @@ def pipeline_schedule(
     job_id = schedule_nightly(
         host,
         path,
-        cron=cron,
-        experiment=experiment,
-        job_name=job_name,
         max_concurrency=max_concurrency,
         params_overrides=overrides,
         namespace=namespace,
         replace=replace,
+        **_given(cron=cron, experiment=experiment, job_name=job_name),
     )
     print(f"recurring run id: {job_id}")
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (None = not given, take the library's default)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 # ------------------------------------------------------------------------------- errors
