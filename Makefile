@@ -10,7 +10,7 @@ export UV_LINK_MODE ?= copy
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv run test lint format typecheck unit compile bench clean
+.PHONY: help venv run test lint lint-infra format typecheck unit compile bench stack stack-down clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-10s %s\n",$$1,$$2}'
@@ -26,7 +26,7 @@ venv: $(BIN)/cxrflow ## create .venv from uv.lock (installs uv with pip if missi
 run: venv ## run the whole pipeline locally (kfp.local) on the demo profile, offline
 	$(BIN)/cxrflow --profile $(PROFILE) pipeline run --local
 
-test: venv lint typecheck ## ruff, mypy, unit + integration + pipeline tests (what CI runs)
+test: venv lint typecheck lint-infra ## ruff, mypy, unit + integration + pipeline tests (what CI runs)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 unit: venv ## the fast loop: tests not marked slow or s3 (a few minutes)
@@ -40,6 +40,9 @@ format: venv ## apply ruff formatting and fixes
 	$(BIN)/ruff check --fix src components pipelines tests bench
 	$(BIN)/ruff format src components pipelines tests bench
 
+lint-infra: venv ## kubectl kustomize, kubernetes-validate, checkov, hadolint, yamllint (pinned, isolated)
+	infra/lint/lint-infra.sh
+
 typecheck: venv ## mypy on src/
 	$(BIN)/mypy src
 
@@ -50,6 +53,12 @@ compile: venv ## compile the KFP pipeline YAML (paper and demo profiles) and the
 
 bench: venv ## run benchmarks (JSON results in bench/results/)
 	$(BIN)/python bench/run.py
+
+stack: venv ## start PostgreSQL + moto S3 + MLflow server (basic auth) on 127.0.0.1
+	$(BIN)/python infra/stack/stack.py up
+
+stack-down: ## stop what `make stack` started
+	$(BIN)/python infra/stack/stack.py down
 
 clean: ## remove run outputs (keeps .venv)
 	rm -rf runs build mlruns.db mlartifacts .pytest_cache .mypy_cache .ruff_cache
