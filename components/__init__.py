@@ -5,7 +5,9 @@ bodies import ``cxrflow`` inside the function because KFP ships the function sou
 container (or, locally, to a subprocess), where the project image provides the package. The
 model components and evaluate follow ``params.models`` (:mod:`components.factory`). Images are
 chosen at compile time (``CXRFLOW_IMAGE``, ``CXRFLOW_GPU_IMAGE``); they are build settings, not
-pipeline parameters.
+pipeline parameters. The cacheable data steps (ingest, validate, split) take no per-run input;
+the others take ``pipeline_run_id`` (KFP's run-id placeholder). Each resolves the run it belongs
+to with :func:`cxrflow.steps.current_pipeline_run` (see ``pipelines/cxrflow_pipeline.py``).
 """
 
 from components.factory import audit_component, evaluate_component, model_component

@@ -20,23 +20,35 @@ from components.images import CPU_IMAGE, GPU_IMAGE
 _MODEL_TEMPLATE = '''
 def {key}(
     params: dict,
+    pipeline_run_id: str,
+    checkpoint_volume: str,
     dataset: dsl.Input[dsl.Dataset],
     splits: dsl.Input[dsl.Dataset],{base_arg}
     model: dsl.Output[dsl.Model],
 ):
     """{key}: {description}
 
-    Reads params train, models.{key}; the whole resolved configuration is logged.
+    Reads params train, models.{key}; the whole resolved configuration is logged. A retried
+    attempt resumes from the checkpoints on checkpoint_volume (where mounted).
     """
-    from cxrflow.steps import run_train, step_params
+    from cxrflow.steps import current_pipeline_run, run_train, step_params
 
-    info = run_train(step_params(params), "{key}", dataset.path, splits.path, model.path{base})
+    info = run_train(
+        step_params(params),
+        "{key}",
+        dataset.path,
+        splits.path,
+        model.path,{base}
+        pipeline_run_id=current_pipeline_run(pipeline_run_id),
+        checkpoint_volume=checkpoint_volume or None,
+    )
     model.metadata.update({{"mlflow_run_id": info["run_id"], "model_uri": info["model_uri"]}})
 '''
 
 _EVALUATE_TEMPLATE = '''
 def evaluate(
     params: dict,
+    pipeline_run_id: str,
     dataset: dsl.Input[dsl.Dataset],
     splits: dsl.Input[dsl.Dataset],
 {model_args}
@@ -49,10 +61,17 @@ def evaluate(
     Reads params evaluate. Each model is scored on its own dataset's test split; the KFP UI
     shows the key metrics and one confusion matrix per model.
     """
-    from cxrflow.steps import run_evaluate, step_params
+    from cxrflow.steps import current_pipeline_run, run_evaluate, step_params
 
     dirs = {{{model_dirs}}}
-    results = run_evaluate(step_params(params), dataset.path, splits.path, dirs, evaluation.path)
+    results = run_evaluate(
+        step_params(params),
+        dataset.path,
+        splits.path,
+        dirs,
+        evaluation.path,
+        current_pipeline_run(pipeline_run_id),
+    )
     confusion = {{{confusion_map}}}
     for key, m in results.items():
         for name in ("accuracy", "f1_macro", "roc_auc_macro", "ece"):
@@ -68,6 +87,7 @@ def evaluate(
 _AUDIT_TEMPLATE = '''
 def audit(
     params: dict,
+    pipeline_run_id: str,
     dataset: dsl.Input[dsl.Dataset],
     splits: dsl.Input[dsl.Dataset],
 {model_args}
@@ -79,10 +99,17 @@ def audit(
 
     Reads params audit, register.candidates.
     """
-    from cxrflow.steps import run_audit, step_params
+    from cxrflow.steps import current_pipeline_run, run_audit, step_params
 
     dirs = {{{model_dirs}}}
-    results = run_audit(step_params(params), dataset.path, splits.path, dirs, audit_report.path)
+    results = run_audit(
+        step_params(params),
+        dataset.path,
+        splits.path,
+        dirs,
+        audit_report.path,
+        current_pipeline_run(pipeline_run_id),
+    )
     for key, r in results.items():
         metrics.log_metric(f"{{key}}_audit_passed", 1.0 if r["passed"] else 0.0)
         for name, value in r.get("figures", {{}}).items():
@@ -118,7 +145,7 @@ def model_component(key: str, description: str, transfer: bool) -> Any:
         key=key,
         description=description.replace('"""', "'''"),
         base_arg="\n    base_model: dsl.Input[dsl.Model]," if transfer else "",
-        base=", base_model.path" if transfer else "",
+        base="\n        base_model.path," if transfer else "",
     )
     return _compile(key, source, GPU_IMAGE)
 

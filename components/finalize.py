@@ -9,6 +9,7 @@ def finalize(params: dict, pipeline_run_id: str, status: dsl.PipelineTaskFinalSt
 
     Runs as the pipeline's exit handler, after every step, whatever happened.
     """
-    from cxrflow.steps import run_finalize, step_params
+    from cxrflow.steps import current_pipeline_run, run_finalize, step_params
 
-    run_finalize(step_params(params), pipeline_run_id, status.state, status.error_message or "")
+    run_id = current_pipeline_run(pipeline_run_id) or pipeline_run_id
+    run_finalize(step_params(params), run_id, status.state, status.error_message or "")

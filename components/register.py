@@ -6,6 +6,7 @@ from components.images import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def register(
     params: dict,
+    pipeline_run_id: str,
     evaluation: dsl.Input[dsl.Artifact],
     audit_report: dsl.Input[dsl.Artifact],
     registered: dsl.Output[dsl.Artifact],
@@ -15,9 +16,15 @@ def register(
 
     Reads params register, audit. Returns "<model key> -> <alias>".
     """
-    from cxrflow.steps import run_register, step_params
+    from cxrflow.steps import current_pipeline_run, run_register, step_params
 
-    info = run_register(step_params(params), evaluation.path, registered.path, audit_report.path)
+    info = run_register(
+        step_params(params),
+        evaluation.path,
+        registered.path,
+        audit_report.path,
+        current_pipeline_run(pipeline_run_id),
+    )
     registered.metadata.update(
         {k: info[k] for k in ("model_uri", "version", "role", "reason", "model_key")}
     )

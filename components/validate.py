@@ -13,15 +13,16 @@ def validate(
     """validate: Great Expectations gate over the manifest; fails the run on any violation.
 
     Reads params validate. Writes validation.json and the Data Docs site (also logged to
-    MLflow); the Data Docs validation page is the HTML artifact the KFP UI shows.
+    MLflow); the Data Docs validation page is the HTML artifact the KFP UI shows. Cached:
+    params and the dataset pin its verdict.
     """
     import shutil
     from pathlib import Path
 
-    from cxrflow.steps import DATA_DOCS_PAGE, run_validate, step_params
+    from cxrflow.steps import DATA_DOCS_PAGE, current_pipeline_run, run_validate, step_params
 
     try:
-        run_validate(step_params(params), dataset.path, validation.path)
+        run_validate(step_params(params), dataset.path, validation.path, current_pipeline_run())
     finally:  # the page matters most when the gate fails (MLflow has it too)
         page = Path(validation.path) / DATA_DOCS_PAGE
         if page.is_file():

@@ -5,10 +5,36 @@ configuration (params.yaml + profile + overrides, see :func:`cxrflow.config.load
 single parameter ``params`` defaults to that configuration, which every step receives whole, so
 the compiled YAML carries exactly what it was resolved from. The model steps follow
 ``params.models`` (one task per model key, a transfer after the model it starts from). An exit
-handler (``finalize``) ends the MLflow parent run whatever happens. On a cluster the model steps
-request a GPU and carry a node selector and toleration; every step gets the MLflow / S3
-endpoint from a ConfigMap and credentials from a Secret. Locally (``kfp.local``) the Kubernetes
-settings are ignored.
+handler (``finalize``) ends the MLflow parent run whatever happens. Every step gets the MLflow /
+S3 endpoint from a ConfigMap and credentials from a Secret. Locally (``kfp.local``) the
+Kubernetes settings, retries and caching are ignored.
+
+On a cluster (``params.cluster``, compiled in, like the images):
+
+- Resources: every task requests and is limited in CPU and memory by its kind of step
+  (:data:`STEP_KINDS`: data, train, evaluate, record). The model steps also take one GPU, the
+  GPU node selector and the toleration of the GPU nodes' taint. CPU steps never tolerate that
+  taint, so they cannot land on a tainted GPU node; they also carry a required node affinity
+  ``cxrflow.io/accelerator NotIn [nvidia-gpu]``, so a GPU node whose taint is missing (a pool
+  set up by hand) still does not take them.
+- Retries: the model steps retry with ``cluster.retry.train`` (a preempted node) and resume:
+  the checkpoint PVC ``cluster.checkpoints.pvc`` is mounted on them, and each checkpoints
+  every epoch to ``<mount_path>/<pipeline run id>/<model key>``, which the retried pod finds.
+  The I/O-bound CPU steps (:data:`IO_RETRY_STEPS`) retry with ``cluster.retry.io``
+  (transient MLflow / S3 errors); the validate and split gates do not retry: same inputs,
+  same verdict.
+- Caching (``enableCache`` per task, :func:`cache_policy`): a task is reused only when its
+  inputs pin its output. ingest when ``data`` is pinned (phantom data, or a registry at a full
+  commit sha: :attr:`cxrflow.config.DataParams.is_pinned`); validate and split always (params
+  and the dataset artifact pin them); models, evaluate, audit, register and finalize never.
+  KFP's cache key holds every input, so the data steps take no per-run input: the run they
+  execute in reaches them as the environment variable ``CXRFLOW_PIPELINE_RUN_ID``, set from
+  the pod's ``pipeline/runid`` label (which KFP's run-id placeholder also resolves to), and
+  which the cache key does not hold. The uncached steps take the run id
+  (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``) and log to that run's MLflow parent; on data made by
+  an earlier run they record the reuse there (:mod:`cxrflow.steps`).
+- Submit-time overrides (``--set data.version=...``) change the ``params`` argument, not the
+  compiled caching: the submit code refuses an override that changes :func:`cache_policy`.
 """
 
 from typing import Any
@@ -25,7 +51,8 @@ from components import (
     split,
     validate,
 )
-from cxrflow.config import Params, params_to_kfp
+from cxrflow.config import DATA_STEPS, Params, ResourceParams, RetryParams, params_to_kfp
+from cxrflow.steps import PIPELINE_RUN_ENV
 
 PIPELINE_NAME = "cxrflow"
 
@@ -44,6 +71,23 @@ CONFIG_MAP_ENV = {
     "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL",
     "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
 }
+GPU_LIMIT = 1
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
+"""The pod field holding the KFP run id (KFP's API server labels every pod of a run with it)."""
+STEP_KINDS = {
+    "ingest": "data",
+    "validate": "data",
+    "split": "data",
+    "evaluate": "evaluate",
+    "audit": "evaluate",
+    "register": "record",
+    "finalize": "record",
+}
+"""Step -> kind, the key of its requests and limits in ``params.cluster.resources``; the model
+steps are ``train``."""
+IO_RETRY_STEPS = ("ingest", "evaluate", "audit", "register", "finalize")
+"""The CPU steps retried with ``cluster.retry.io``: their failures are mostly transient (the
+DVC remote, the MLflow server, S3 artifact uploads)."""
 MODEL_DESCRIPTIONS = {
     "scratch": "{arch} from scratch on {dataset}.",
     "imagenet": "ImageNet {arch} fine-tuned on {dataset} (head, then the last layers).",
@@ -60,16 +104,121 @@ def pipeline_defaults(params: Params) -> dict[str, Any]:
     return {"params": params_to_kfp(params)}
 
 
+def cache_policy(params: Params) -> dict[str, bool]:
+    """Which tasks KFP may reuse from an earlier run (compiled as each task's ``enableCache``).
+
+    Pure: the submit code compares this for the compiled and the overridden configuration and
+    refuses an override that changes it (it would need a recompile).
+    """
+    return {
+        "ingest": params.data.is_pinned,
+        "validate": True,
+        "split": True,
+        **dict.fromkeys(params.model_keys, False),
+        "evaluate": False,
+        "audit": False,
+        "register": False,
+        "finalize": False,
+    }
+
+
+def cache_policy_changes(compiled: Params, submitted: Params) -> dict[str, tuple[bool, bool]]:
+    """The tasks whose caching ``submitted`` would change from ``compiled``: task ->
+    (compiled, wanted). Empty when the compiled pipeline fits the submitted configuration."""
+    before, after = cache_policy(compiled), cache_policy(submitted)
+    return {
+        step: (before.get(step, False), after.get(step, False))
+        for step in sorted(set(before) | set(after))
+        if before.get(step, False) != after.get(step, False)
+    }
+
+
+def compile_time_changes(compiled: Params, submitted: Params) -> list[str]:
+    """What ``submitted`` would change that is fixed when the pipeline is compiled.
+
+    The task graph (model keys, what each starts from, the audited candidates), the ``cluster``
+    section (retries, resources, the checkpoint volume) and each task's caching live in the
+    compiled YAML, not in its ``params`` parameter, so a submit-time override of any of them
+    would be silently ignored. Empty when ``submitted`` fits the compiled pipeline.
+    """
+    changes = [
+        f"caching of {step}: compiled {was}, this configuration needs {now}"
+        for step, (was, now) in cache_policy_changes(compiled, submitted).items()
+    ]
+
+    def graph(p: Params) -> list[tuple[str, str | None]]:
+        return [(k, p.models[k].base_model_key) for k in p.model_keys]
+
+    if graph(compiled) != graph(submitted):
+        changes.append(f"models: compiled {graph(compiled)}, now {graph(submitted)}")
+    if compiled.register.candidates != submitted.register.candidates:
+        changes.append("register.candidates (the audit task's inputs)")
+    if compiled.cluster != submitted.cluster:
+        changes.append("cluster (retries, resources, checkpoint volume)")
+    return changes
+
+
+def step_kind(params: Params, step: str) -> str:
+    """The kind of ``step`` (a key of ``params.cluster.resources``): its requests and limits."""
+    if step in params.models:
+        return "train"
+    if step not in STEP_KINDS:
+        raise KeyError(f"unknown step {step!r}; steps: {[*params.steps, 'finalize']}")
+    return STEP_KINDS[step]
+
+
+def _configure(tasks: dict[str, dsl.PipelineTask], params: Params) -> None:
+    """Caching, resources, placement, retries and environment of every task (module doc)."""
+    caching, cluster = cache_policy(params), params.cluster
+    for step, task in tasks.items():
+        _cluster_env(task)
+        task.set_caching_options(caching[step])
+        kind = step_kind(params, step)
+        _resources(task, getattr(cluster.resources, kind))
+        if kind == "train":
+            _gpu(task, params)
+            _retry(task, cluster.retry.train)
+        else:
+            _cpu_only(task)
+            if step in IO_RETRY_STEPS:
+                _retry(task, cluster.retry.io)
+        if step in DATA_STEPS:  # their run id may not be an input: see the module doc
+            kubernetes.use_field_path_as_env(task, PIPELINE_RUN_ENV, RUN_ID_FIELD)
+
+
 def _cluster_env(task: dsl.PipelineTask) -> None:
     kubernetes.use_secret_as_env(task, SECRET_NAME, SECRET_ENV, optional=True)
     kubernetes.use_config_map_as_env(task, CONFIG_MAP_NAME, CONFIG_MAP_ENV, optional=False)
 
 
-def _gpu(task: dsl.PipelineTask) -> None:
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-    task.set_memory_request("16G").set_cpu_request("4")
+def _resources(task: dsl.PipelineTask, res: ResourceParams) -> None:
+    task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
+    task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
+
+
+def _retry(task: dsl.PipelineTask, retry: RetryParams) -> None:
+    task.set_retry(
+        num_retries=retry.num_retries,
+        backoff_duration=f"{retry.backoff_seconds}s",
+        backoff_factor=retry.backoff_factor,
+        backoff_max_duration=f"{retry.backoff_max_seconds}s",
+    )
+
+
+def _gpu(task: dsl.PipelineTask, params: Params) -> None:
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(GPU_LIMIT)
     kubernetes.add_node_selector(task, *GPU_NODE_SELECTOR)
     kubernetes.add_toleration(task, **GPU_TOLERATION)
+    volume = params.cluster.checkpoints
+    if volume.pvc:
+        kubernetes.mount_pvc(task, volume.pvc, volume.mount_path)
+
+
+def _cpu_only(task: dsl.PipelineTask) -> None:
+    key, value = GPU_NODE_SELECTOR
+    kubernetes.add_node_affinity(
+        task, match_expressions=[{"key": key, "operator": "NotIn", "values": [value]}]
+    )
 
 
 def build_pipeline(params: Params) -> Any:
@@ -92,6 +241,9 @@ def build_pipeline(params: Params) -> Any:
     evaluate = evaluate_component(keys)
     candidates = [k for k in params.register.candidates if k in params.models]
     audit = audit_component(candidates)
+    resolved = params  # the pipeline function's own `params` is its KFP parameter
+    volume = params.cluster.checkpoints
+    checkpoint_volume = volume.mount_path if volume.pvc else ""
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -103,11 +255,12 @@ def build_pipeline(params: Params) -> Any:
         ),
     )
     def cxrflow(params: dict = defaults["params"]):
-        exit_task = finalize(params=params, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        exit_task = finalize(params=params, pipeline_run_id=run_id)
         exit_task.set_display_name("finalize")
-        tasks: list[dsl.PipelineTask] = [exit_task]
+        tasks: dict[str, dsl.PipelineTask] = {"finalize": exit_task}
         with dsl.ExitHandler(exit_task, name="steps"):
-            ing = ingest(params=params, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+            ing = ingest(params=params)
             dataset = ing.outputs["dataset"]
             val = validate(params=params, dataset=dataset)
             spl = split(params=params, dataset=dataset).after(val)
@@ -115,33 +268,46 @@ def build_pipeline(params: Params) -> Any:
             trained: dict[str, dsl.PipelineTask] = {}
             for key in keys:
                 base = bases[key]
-                inputs = {"params": params, "dataset": dataset, "splits": splits}
+                inputs = {
+                    "params": params,
+                    "pipeline_run_id": run_id,
+                    "checkpoint_volume": checkpoint_volume,
+                    "dataset": dataset,
+                    "splits": splits,
+                }
                 if base is not None:
                     inputs["base_model"] = trained[base].outputs["model"]
                 trained[key] = trainers[key](**inputs)
             ev = evaluate(
                 params=params,
+                pipeline_run_id=run_id,
                 dataset=dataset,
                 splits=splits,
                 **{k: t.outputs["model"] for k, t in trained.items()},
             )
             aud = audit(
                 params=params,
+                pipeline_run_id=run_id,
                 dataset=dataset,
                 splits=splits,
                 **{k: trained[k].outputs["model"] for k in candidates},
             ).after(ev)
             reg = register(
                 params=params,
+                pipeline_run_id=run_id,
                 evaluation=ev.outputs["evaluation"],
                 audit_report=aud.outputs["audit_report"],
             )
-            tasks += [ing, val, spl, *trained.values(), ev, aud, reg]
-        for task in tasks:
-            _cluster_env(task)
-            task.set_caching_options(False)
-        for task in trained.values():
-            _gpu(task)
+            tasks |= {
+                "ingest": ing,
+                "validate": val,
+                "split": spl,
+                **trained,
+                "evaluate": ev,
+                "audit": aud,
+                "register": reg,
+            }
+        _configure(tasks, resolved)
         # KFP returns no pipeline output from inside an exit handler: the champion is the
         # register step's output (and registered.json in its artifact).
 

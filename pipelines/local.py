@@ -1,7 +1,10 @@
 """Run a pipeline on this machine through ``kfp.local`` (the embedded default).
 
 Steps run with ``SubprocessRunner(use_venv=False)``: as subprocesses of this interpreter (so in
-this venv), in dependency order; GPU, node selector and toleration settings are ignored locally.
+this venv), in dependency order; GPU, node selector, toleration, volume, retry and caching
+settings are ignored locally (kfp.local's own cache stays off). The run's id is known up front:
+``CXRFLOW_PIPELINE_RUN_ID`` (:data:`cxrflow.steps.PIPELINE_RUN_ENV`) is set to a fresh local id
+for every step, so all of them log to one MLflow parent run, as a cluster run's do.
 
 Where things go, for ``pipeline_root=runs/kfp`` (the CLI default):
 
@@ -80,7 +83,8 @@ def run_local(
         out: the console; default ``sys.stdout`` at call time.
         log_root: the folder that gets ``<run_name>/<step>.log``; default: the pipeline root's
             parent.
-        env: environment variables set for the run (the steps inherit them), then restored.
+        env: environment variables set for the run (the steps inherit them), then restored;
+            ``CXRFLOW_PIPELINE_RUN_ID`` defaults to a fresh local id.
 
     Returns:
         The run's folders, champion and per-step records.
@@ -91,6 +95,9 @@ def run_local(
     """
     from kfp import local
 
+    from cxrflow.steps import PIPELINE_RUN_ENV, new_pipeline_run_id
+
+    env = {PIPELINE_RUN_ENV: new_pipeline_run_id(), **(env or {})}
     out = sys.stdout if out is None else out
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -113,7 +120,7 @@ def run_local(
     started = time.monotonic()
     failure: RuntimeError | None = None
     try:
-        with _environ(env or {}), _captured(console):
+        with _environ(env), _captured(console):
             try:
                 task = pipeline_func(**arguments)
             except RuntimeError as exc:

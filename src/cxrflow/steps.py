@@ -5,12 +5,20 @@ resolved :class:`~cxrflow.config.Params`, reads its inputs from directories, cal
 library functions, writes its outputs to ``out_dir`` and records what it did in MLflow. Every
 MLflow run of one pipeline run (the parent and each model's nested run) logs the same flattened
 params and the same params hash. Step names are ``Params.steps``.
+
+Which pipeline run a step belongs to: ingest writes the id of the run that made the data into
+``provenance.json``. Locally (the CLI, DVC) the later steps take it from there. In a KFP run
+the data steps may be reused from an earlier run (KFP caching), so the other steps are given
+the current run's id; when it differs from the provenance's, the current run's parent records
+the reuse (:func:`_record_reuse`): ``cxrflow.data.reused_from``, the data steps marked done as
+``cached``, the manifest as a dataset input, the data tags ingest set.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -33,6 +41,13 @@ METRICS_FILE = "metrics.json"
 REGISTERED_FILE = "registered.json"
 TAG_STEP_DONE = "cxrflow.step_done."
 TAG_FAILED_STEP = "cxrflow.failed_step"
+STEP_CACHED = "cached"
+"""The value of ``cxrflow.step_done.<step>`` for a data step reused from an earlier run."""
+PIPELINE_RUN_ENV = "CXRFLOW_PIPELINE_RUN_ID"
+"""The pipeline run executing a step, where the runner can say so without a step input: the
+cluster sets it on the cacheable data steps from their pod's ``pipeline/runid`` label (what
+KFP's ``{{$.pipeline_job_uuid}}`` resolves to), ``pipelines.local`` for every step of a local
+run. An input would enter KFP's cache key; an environment variable does not."""
 
 
 @dataclass(frozen=True)
@@ -79,14 +94,95 @@ def _common_tags(params: Params, prov: Provenance) -> dict[str, str]:
     }
 
 
-def _parent_run(params: Params, prov: Provenance) -> str:
+def current_pipeline_run(given: str = "") -> str | None:
+    """The id of the pipeline run executing this step, for a KFP component.
+
+    ``$CXRFLOW_PIPELINE_RUN_ID`` when the runner sets it (see :data:`PIPELINE_RUN_ENV`), else
+    ``given`` (KFP's run-id placeholder), else None (the step then makes or reads one).
+    """
+    return os.environ.get(PIPELINE_RUN_ENV, "").strip() or given.strip() or None
+
+
+def _parent_run(
+    params: Params,
+    prov: Provenance,
+    pipeline_run_id: str | None = None,
+    *,
+    step: str,
+    dataset_dir: str | Path | None = None,
+) -> str:
+    """The MLflow parent run of the current pipeline run (``pipeline_run_id``, default: the
+    run that made the data), found or created; records a reuse of the data steps."""
     from cxrflow import tracking
 
-    return tracking.get_or_create_parent_run(
+    current = pipeline_run_id or prov.pipeline_run_id
+    parent = tracking.get_or_create_parent_run(
         params.tracking.experiment_name,
-        prov.pipeline_run_id,
+        current,
         _common_tags(params, prov),
         flatten_params(params),
+    )
+    if current != prov.pipeline_run_id:
+        _record_reuse(parent, prov, step, dataset_dir)
+    return parent
+
+
+def _record_reuse(parent: str, prov: Provenance, step: str, dataset_dir: str | Path | None) -> None:
+    """Record on ``parent`` that this run reuses data made by run ``prov.pipeline_run_id``.
+
+    The data steps before ``step`` that did not run in this run (no done tag yet) are marked
+    done as ``cached``: KFP reuses only successful executions, and a step runs only after its
+    upstream steps succeeded. Idempotent: parallel model steps may all call it.
+    """
+    from cxrflow import tracking
+    from cxrflow.config import DATA_STEPS
+
+    tags = tracking.run_tags(parent)
+    before = DATA_STEPS[: DATA_STEPS.index(step)] if step in DATA_STEPS else DATA_STEPS
+    marks = {TAG_STEP_DONE + s: STEP_CACHED for s in before if TAG_STEP_DONE + s not in tags}
+    first = tracking.TAG_DATA_REUSED_FROM not in tags
+    if first or marks:
+        tracking.set_tags(
+            parent,
+            {tracking.TAG_DATA_REUSED_FROM: prov.pipeline_run_id, **_data_tags(prov), **marks},
+        )
+    if first and dataset_dir is not None:
+        from cxrflow.data.manifest import read_manifest
+
+        _log_manifest(parent, prov, read_manifest(dataset_dir))
+    if marks:
+        log.info(
+            "data steps %s reused from pipeline run %s",
+            ", ".join(s.removeprefix(TAG_STEP_DONE) for s in marks),
+            prov.pipeline_run_id,
+        )
+
+
+def _data_tags(prov: Provenance) -> dict[str, str]:
+    """The registry, commit and DVC hashes of registry data (ingest's tags on the parent)."""
+    registry = prov.sources.get("registry")
+    if not registry:
+        return {}
+    hashes = prov.sources.get("dvc_hashes") or {}
+    return {
+        "cxrflow.data.registry": str(registry),
+        "cxrflow.data.commit": str(prov.sources.get("registry_commit") or ""),
+        **{f"cxrflow.data.dvc_md5.{k}": str(v) for k, v in hashes.items()},
+    }
+
+
+def _log_manifest(parent: str, prov: Provenance, manifest: Any) -> None:
+    """The manifest as the parent run's dataset input (lineage in the MLflow UI)."""
+    from cxrflow import tracking
+
+    tracking.log_dataset(
+        parent,
+        "manifest",
+        prov.manifest_hash,
+        _data_source(prov),
+        {"rows": len(manifest), "labels": manifest["label"].value_counts().to_dict()},
+        "ingest",
+        list(manifest.columns),
     )
 
 
@@ -107,10 +203,25 @@ def _data_source(prov: Provenance) -> dict[str, Any]:
     }
 
 
-def checkpoint_dir(params: Params, pipeline_run_id: str, model_key: str, out: Path) -> Path:
-    """Where a training step checkpoints every epoch: ``train.checkpoint_root`` (a durable
-    volume, so a retried pod on another node resumes) or inside the step's output."""
+def checkpoint_dir(
+    params: Params,
+    pipeline_run_id: str,
+    model_key: str,
+    out: Path,
+    volume: str | Path | None = None,
+) -> Path:
+    """Where a training step checkpoints every epoch, so that a retried pod resumes.
+
+    ``train.checkpoint_root`` if set; else ``volume`` (the cluster's checkpoint volume,
+    ``cluster.checkpoints.mount_path``) when it is mounted here, i.e. a directory: kfp.local
+    mounts no volume and keeps the checkpoints in the output; else inside the step's output
+    (lost with the pod). Durable roots are keyed by pipeline run and model.
+    """
     root = params.train.checkpoint_root
+    if not root and volume and Path(volume).is_dir():
+        root = str(volume)
+    elif not root and volume:
+        log.info("checkpoint volume %s is not mounted here: checkpoints stay in the output", volume)
     if root:
         return Path(root) / pipeline_run_id / model_key
     return out / "checkpoints"
@@ -217,22 +328,11 @@ def run_ingest(
     )
     write_json_atomic(out / PROVENANCE_FILE, asdict(prov))
     report_dict = _to_jsonable(report)
-    parent = _parent_run(params, prov)
-    tags: dict[str, str] = {}
-    if data.registry:
-        tags |= {"cxrflow.data.registry": data.registry, "cxrflow.data.commit": commit}
-        tags |= {f"cxrflow.data.dvc_md5.{k}": v for k, v in dvc_hashes.items()}
+    parent = _parent_run(params, prov, step="ingest")
+    tags = _data_tags(prov)
     if tags:
         tracking.set_tags(parent, tags)
-    tracking.log_dataset(
-        parent,
-        "manifest",
-        mhash,
-        _data_source(prov),
-        {"rows": len(manifest), "labels": manifest["label"].value_counts().to_dict()},
-        "ingest",
-        list(manifest.columns),
-    )
+    _log_manifest(parent, prov, manifest)
     for name in (
         "ingest_report.json",
         "quarantine.csv",
@@ -255,12 +355,18 @@ def run_ingest(
 # ---------------------------------------------------------------------------------- validate
 
 
-def run_validate(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def run_validate(
+    params: Params,
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    pipeline_run_id: str | None = None,
+) -> dict[str, Any]:
     """Step ``validate``: the Great Expectations gate over the manifest.
 
     Reads params ``validate``. Writes ``validation.json`` and Data Docs HTML to ``out_dir``,
-    logs both to the parent MLflow run, and raises ``DataValidationError`` (naming each failed
-    expectation with examples) when the suite fails, so nothing trains on bad data.
+    logs both to the parent MLflow run of ``pipeline_run_id`` (default: the run that made the
+    dataset), and raises ``DataValidationError`` (naming each failed expectation with
+    examples) when the suite fails, so nothing trains on bad data.
     """
     from cxrflow import tracking
     from cxrflow.data.manifest import read_manifest
@@ -273,7 +379,7 @@ def run_validate(params: Params, dataset_dir: str | Path, out_dir: str | Path) -
     summary = validate_manifest(df, params.validate, docs_dir=out / "data_docs")
     write_json_atomic(out / "validation.json", summary.to_dict())
     page = write_data_docs_page(out / "data_docs", out / DATA_DOCS_PAGE)
-    parent = _parent_run(params, prov)
+    parent = _parent_run(params, prov, pipeline_run_id, step="validate", dataset_dir=dataset_dir)
     tracking.log_artifact(parent, out / "validation.json", "validate")
     if page is not None:
         tracking.log_artifact(parent, page, "validate")
@@ -305,11 +411,17 @@ def write_data_docs_page(docs_dir: Path, target: Path) -> Path | None:
 # ------------------------------------------------------------------------------------- split
 
 
-def run_split(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def run_split(
+    params: Params,
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    pipeline_run_id: str | None = None,
+) -> dict[str, Any]:
     """Step ``split``: undersample (Dataset_1 counts) and split by patient; GX-check the result.
 
     Reads params ``split``, ``validate``. Fails if a patient lands in two splits or classes
-    are out of balance tolerance.
+    are out of balance tolerance. Logs to the parent run of ``pipeline_run_id`` (default: the
+    run that made the dataset).
     """
     from cxrflow import tracking
     from cxrflow.data.manifest import read_manifest
@@ -326,7 +438,7 @@ def run_split(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> d
     )
     tables, report = split_manifest(read_manifest(dataset_dir), params.split, links)
     write_splits(tables, report, out)
-    parent = _parent_run(params, prov)
+    parent = _parent_run(params, prov, pipeline_run_id, step="split", dataset_dir=dataset_dir)
     tracking.log_artifact(parent, out / "split_report.json", "split")
     summaries = {}
     for name, table in tables.items():
@@ -377,13 +489,22 @@ def run_train(
     out_dir: str | Path,
     base_model_dir: str | Path | None = None,
     verbose: int = 2,
+    *,
+    pipeline_run_id: str | None = None,
+    checkpoint_volume: str | Path | None = None,
 ) -> dict[str, Any]:
     """Step ``<model_key>``: train one model of ``params.models`` and log it to MLflow.
 
     Reads params ``train``, ``models.<model_key>`` (and logs the whole configuration). A model
     whose ``init`` names another model starts from that model's output (``base_model_dir``).
     Writes ``model.keras``, ``history.json`` and ``model_info.json`` (incl. the MLflow model
-    URI) to ``out_dir``.
+    URI) to ``out_dir``. Training checkpoints every epoch (:func:`checkpoint_dir`, with
+    ``checkpoint_volume``) and resumes from the checkpoint a killed attempt of the same
+    pipeline run left, in the same nested MLflow run.
+
+    Args:
+        pipeline_run_id: The current pipeline run (default: the run that made the dataset).
+        checkpoint_volume: The cluster's checkpoint volume mount, used where it is mounted.
     """
     import keras
     import numpy as np
@@ -415,7 +536,8 @@ def run_train(
             )
         base = keras.models.load_model(Path(base_model_dir) / MODEL_FILE)
 
-    parent = _parent_run(params, prov)
+    run_key = pipeline_run_id or prov.pipeline_run_id
+    parent = _parent_run(params, prov, run_key, step=model_key, dataset_dir=dataset_dir)
     tags = {
         **_common_tags(params, prov),
         "cxrflow.dataset": spec.dataset,
@@ -428,7 +550,7 @@ def run_train(
     with tracking.model_run(
         params.tracking.experiment_name,
         parent,
-        prov.pipeline_run_id,
+        run_key,
         model_key,
         tags,
         flatten_params(params),
@@ -474,7 +596,7 @@ def run_train(
             return [tracking.make_epoch_logger(run_id, phase, offset), _Progress(phase, offset)]
 
         t0 = time.perf_counter()
-        ckpt = checkpoint_dir(params, prov.pipeline_run_id, model_key, out)
+        ckpt = checkpoint_dir(params, run_key, model_key, out, checkpoint_volume)
         result = train_model(
             spec,
             params.train,
@@ -521,7 +643,7 @@ def run_train(
         "dataset": spec.dataset,
         "run_id": run_id,
         "model_uri": model_uri,
-        "pipeline_run_id": prov.pipeline_run_id,
+        "pipeline_run_id": run_key,
         "pretrained": result.pretrained,
         "phases": result.phases,
         "train_seconds": train_s,
@@ -590,6 +712,7 @@ def run_evaluate(
     splits_dir: str | Path,
     model_dirs: Mapping[str, str | Path],
     out_dir: str | Path,
+    pipeline_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Step ``evaluate``: test-split metrics with patient-level bootstrap CIs, for each model.
 
@@ -615,7 +738,8 @@ def run_evaluate(
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     prov = read_provenance(dataset_dir)
-    parent = _parent_run(params, prov)
+    run_key = pipeline_run_id or prov.pipeline_run_id
+    parent = _parent_run(params, prov, run_key, step="evaluate", dataset_dir=dataset_dir)
     results: dict[str, Any] = {}
     tests: dict[tuple[str, int], TestSplit] = {}
     for key in sorted(model_dirs):
@@ -671,7 +795,7 @@ def run_evaluate(
             data_version=prov.data_version,
             manifest_hash=prov.manifest_hash,
             params_hash=params_hash(params),
-            pipeline_run_id=prov.pipeline_run_id,
+            pipeline_run_id=run_key,
             plots=[str(p.relative_to(out)) for p in pngs],
         )
         results[key] = metrics
@@ -776,6 +900,7 @@ def run_register(
     evaluation_dir: str | Path,
     out_dir: str | Path,
     audit_dir: str | Path | None = None,
+    pipeline_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Step ``register``: register the best candidate as champion, or as challenger.
 
@@ -784,6 +909,8 @@ def run_register(
     promoted; the best allowed candidate becomes ``champion`` only if it beats the current
     champion by more than ``register.promotion_margin``; otherwise it is registered with the
     alias ``challenger`` and the reason as a tag. Aliases only, never the deprecated stages.
+    The decision is recorded on the parent run of ``pipeline_run_id`` (default: the run
+    named in the evaluation's metrics).
     """
     from cxrflow import tracking
     from cxrflow.register import CHAMPION, decide_promotion
@@ -871,7 +998,7 @@ def run_register(
     }
     write_json_atomic(out / REGISTERED_FILE, info)
     tracking.set_tags(m["run_id"], {"cxrflow.promotion": decision.role})
-    pipeline_run_id = str(m.get("pipeline_run_id", ""))
+    pipeline_run_id = pipeline_run_id or str(m.get("pipeline_run_id", ""))
     parent = (
         tracking.find_parent_run(params.tracking.experiment_name, pipeline_run_id)
         if pipeline_run_id
@@ -900,6 +1027,7 @@ def run_audit(
     splits_dir: str | Path,
     model_dirs: Mapping[str, str | Path],
     out_dir: str | Path,
+    pipeline_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Step ``audit``: the shortcut audit of every candidate model, before register.
 
@@ -920,7 +1048,7 @@ def run_audit(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prov = read_provenance(dataset_dir)
-    parent = _parent_run(params, prov)
+    parent = _parent_run(params, prov, pipeline_run_id, step="audit", dataset_dir=dataset_dir)
     results: dict[str, Any] = {}
     if not params.audit.enabled:
         write_json_atomic(out / AUDIT_FILE, results)

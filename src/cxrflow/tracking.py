@@ -1,7 +1,9 @@
 """MLflow tracking: the only module that imports ``mlflow``.
 
 Run layout: one *parent* run per pipeline run (tag ``cxrflow.pipeline_run_id``) and one nested
-run per model (tag ``cxrflow.model_key``). Every run carries the flattened params, the git
+run per model (tag ``cxrflow.model_key``). Steps that start in parallel may each create the
+parent; they converge on the oldest and delete their duplicates
+(:func:`get_or_create_parent_run`). Every run carries the flattened params, the git
 commit, the data version and manifest hash, the profile and the pipeline run id, so that any
 number in MLflow can be traced to its inputs. The tracking URI comes from the environment
 (``MLFLOW_TRACKING_URI``), defaulting to ``sqlite:///mlruns.db`` with local artifacts.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -30,6 +33,7 @@ TAG_DATA_VERSION = "cxrflow.data.version"
 TAG_DATA_ORIGIN = "cxrflow.data.origin"
 TAG_GIT_COMMIT = "cxrflow.git_commit"
 TAG_PRETRAINED = "cxrflow.pretrained_weights"
+TAG_DATA_REUSED_FROM = "cxrflow.data.reused_from"
 
 
 def tracking_uri() -> str:
@@ -110,10 +114,28 @@ def _search_one(experiment_id: str, filter_string: str) -> Any | None:
     return runs[0] if runs else None
 
 
+PARENT_SETTLE_SECONDS = 1.0
+"""How long a step that created a parent run waits before checking for parallel duplicates:
+it covers creations a few hundred milliseconds apart and clocks that disagree by less."""
+
+
 def get_or_create_parent_run(
-    experiment_name: str, pipeline_run_id: str, tags: Mapping[str, str], params: Mapping[str, str]
+    experiment_name: str,
+    pipeline_run_id: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, str],
+    *,
+    settle_seconds: float | None = None,
 ) -> str:
-    """Find the parent run of ``pipeline_run_id`` or create it; returns its run id."""
+    """Find the parent run of ``pipeline_run_id`` or create it; returns its run id.
+
+    Race-safe: the model steps start in parallel and may each find no parent and create one.
+    MLflow has no create-if-absent, so a step that created a parent waits
+    ``settle_seconds`` (default :data:`PARENT_SETTLE_SECONDS`), lists the parents of the
+    pipeline run again and converges on the oldest (start time, then run id: the order every
+    step sees alike); if that is not its own, it deletes its duplicate. Params are logged by
+    the step whose parent won, after converging, so a deleted duplicate never took any.
+    """
     from mlflow.tracking import MlflowClient
 
     found = find_parent_run(experiment_name, pipeline_run_id)
@@ -126,8 +148,28 @@ def get_or_create_parent_run(
         run_name=f"pipeline-{pipeline_run_id[:40]}",
         tags={TAG_PIPELINE_RUN: pipeline_run_id, TAG_KIND: "pipeline", **tags},
     )
-    _log_params(client, run.info.run_id, params)
-    return str(run.info.run_id)
+    mine = str(run.info.run_id)
+    time.sleep(PARENT_SETTLE_SECONDS if settle_seconds is None else settle_seconds)
+    parents = _parent_runs(exp_id, pipeline_run_id)
+    winner = parents[0] if parents else mine
+    if winner != mine:
+        log.info(
+            "parent run of %s: %s was created first; deleting %s", pipeline_run_id, winner, mine
+        )
+        client.delete_run(mine)
+        return winner
+    _log_params(client, mine, params)
+    return mine
+
+
+def _parent_runs(experiment_id: str, pipeline_run_id: str) -> list[str]:
+    """The live parent runs of a pipeline run, oldest first (start time, then run id)."""
+    from mlflow.tracking import MlflowClient
+
+    flt = f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and tags.`{TAG_KIND}` = 'pipeline'"
+    runs = MlflowClient().search_runs([experiment_id], filter_string=flt, max_results=100)
+    ordered = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return [str(r.info.run_id) for r in ordered]
 
 
 def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
@@ -347,11 +389,10 @@ def load_model(model_uri: str) -> tuple[Any, dict[str, Any]]:
 
 
 def find_parent_run(experiment_name: str, pipeline_run_id: str) -> str | None:
-    """The parent run of ``pipeline_run_id`` or None (creates nothing but the experiment)."""
-    exp_id = configure(experiment_name)
-    flt = f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and tags.`{TAG_KIND}` = 'pipeline'"
-    found = _search_one(exp_id, flt)
-    return None if found is None else str(found.info.run_id)
+    """The parent run of ``pipeline_run_id`` (the oldest, should parallel steps have made
+    more, see :func:`get_or_create_parent_run`) or None; creates nothing but the experiment."""
+    parents = _parent_runs(configure(experiment_name), pipeline_run_id)
+    return parents[0] if parents else None
 
 
 def end_run(run_id: str, status: str) -> None:

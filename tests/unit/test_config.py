@@ -210,3 +210,45 @@ def test_json_schema_covers_params_yaml() -> None:
     jsonschema.validate(yaml.safe_load(PARAMS.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"train": {"epochs": 0}}, schema)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("cluster.resources.train.cpu_request=16", "cpu_request 16 exceeds cpu_limit 8"),
+        ("cluster.resources.data.memory_limit=4Gi", "memory_request 8Gi exceeds memory_limit 4Gi"),
+        ("cluster.resources.record.cpu_limit=one", "cluster.resources.record.cpu_limit: cpu"),
+        ("cluster.resources.record.memory_limit=2GB", "memory quantity"),
+        ("cluster.retry.io.backoff_max_seconds=10", "backoff_max_seconds must be >="),
+        ("cluster.retry.train.num_retries=-1", "cluster.retry.train.num_retries"),
+        ("cluster.checkpoints.mount_path=ckpt", "must be an absolute path"),
+    ],
+)
+def test_cluster_settings_are_checked_where_they_are_loaded(override: str, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        load_params(PARAMS, None, [override])
+
+
+def test_cluster_settings_accept_kubernetes_quantities() -> None:
+    p = load_params(
+        PARAMS, None, ["cluster.resources.train.cpu_limit=12", "cluster.checkpoints.pvc=null"]
+    )
+    assert p.cluster.resources.train.cpu_limit == "12"  # YAML's number, as KFP wants it
+    assert p.cluster.checkpoints.pvc is None
+    assert params_from_kfp(params_to_dict(p)) == p
+
+
+@pytest.mark.parametrize(
+    ("data", "pinned"),
+    [
+        ({}, True),  # phantom data from a fixed seed
+        ({"registry": "r.git", "sources": {"kermany": ["raw/k"]}, "version": "a" * 40}, True),
+        ({"registry": "r.git", "sources": {"kermany": ["raw/k"]}, "version": "A" * 40}, False),
+        ({"registry": "r.git", "sources": {"kermany": ["raw/k"]}, "version": "a" * 12}, False),
+        ({"registry": "r.git", "sources": {"kermany": ["raw/k"]}, "version": "data-v1"}, False),
+        ({"registry": "r.git", "sources": {"kermany": ["raw/k"]}}, False),
+        ({"sources": {"kermany": ["/data/k"]}}, False),
+    ],
+)
+def test_data_is_pinned_only_by_a_full_commit_or_a_seed(data: dict, pinned: bool) -> None:
+    assert params_from_dict({"data": data}).data.is_pinned is pinned
