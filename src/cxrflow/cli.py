@@ -42,11 +42,17 @@ data_app = typer.Typer(
     help="data tools: phantom generator, DVC data registry", no_args_is_help=True
 )
 pipeline_app = typer.Typer(
-    help="the Kubeflow pipeline: compile, run locally, submit, schedule", no_args_is_help=True
+    help="the Kubeflow pipeline: compile, run locally, submit, schedule, list runs",
+    no_args_is_help=True,
+)
+schedule_app = typer.Typer(
+    help="recurring runs on the cluster: create, list, enable, disable, delete",
+    no_args_is_help=True,
 )
 params_app = typer.Typer(help="the resolved configuration and its schema", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(pipeline_app, name="pipeline")
+pipeline_app.add_typer(schedule_app, name="schedule")
 app.add_typer(params_app, name="params")
 
 
@@ -517,7 +523,8 @@ def pipeline_run(
     full logs in runs/<run>/<step>.log. Reads all params."""
     if not local:
         raise ValueError(
-            "only --local runs here; on a cluster use `cxrflow pipeline submit` (or schedule)"
+            "only --local runs here; on a cluster use `cxrflow pipeline submit` "
+            "(or `cxrflow pipeline schedule create`)"
         )
     from cxrflow.config import params_hash
     from cxrflow.steps import format_promotion, format_summary
@@ -560,7 +567,23 @@ HostOption = Annotated[str | None, typer.Option(help="KFP API endpoint (default:
 NamespaceOption = Annotated[
     str | None, typer.Option(help="multi-user namespace (default: $KFP_NAMESPACE)")
 ]
+ServiceAccountOption = Annotated[
+    str | None,
+    typer.Option(
+        help="ServiceAccount the run's pods use (default: $KFP_SERVICE_ACCOUNT, else "
+        'cxrflow-pipeline-runner from infra/k8s/pipeline-runs; "" for KFP\'s own)'
+    ),
+]
+KubeContextOption = Annotated[
+    str | None,
+    typer.Option(
+        help="reach KFP through this kubeconfig context instead of --host "
+        "(default: $KFP_KUBE_CONTEXT)"
+    ),
+]
 ExperimentOption = Annotated[str | None, typer.Option(help="KFP experiment (default: cxrflow)")]
+AsJsonOption = Annotated[bool, typer.Option("--json", help="JSON instead of a table")]
+ScheduleRef = Annotated[str, typer.Argument(help="recurring run name or id")]
 
 
 def _package(package: Path | None) -> tuple[Path, list[str]]:
@@ -588,6 +611,8 @@ def pipeline_submit(
     package: PackageOption = None,
     host: HostOption = None,
     namespace: NamespaceOption = None,
+    kube_context: KubeContextOption = None,
+    service_account: ServiceAccountOption = None,
     experiment: ExperimentOption = None,
     run_name: Annotated[
         str | None, typer.Option(help="display name (default: timestamped)")
@@ -598,16 +623,26 @@ def pipeline_submit(
 
     path, overrides = _package(package)
     # unset options are left out, so the defaults live once, in pipelines.submit
-    given = _given(experiment=experiment)
-    run_id = submit_run(host, path, overrides, run_name=run_name, namespace=namespace, **given)
+    run_id = submit_run(
+        host,
+        path,
+        overrides,
+        run_name=run_name,
+        namespace=namespace,
+        kube_context=kube_context,
+        service_account=service_account,
+        **_given(experiment=experiment),
+    )
     print(f"run id: {run_id}")
 
 
-@pipeline_app.command("schedule")
-def pipeline_schedule(
+@schedule_app.command("create")
+def pipeline_schedule_create(
     package: PackageOption = None,
     host: HostOption = None,
     namespace: NamespaceOption = None,
+    kube_context: KubeContextOption = None,
+    service_account: ServiceAccountOption = None,
     experiment: ExperimentOption = None,
     cron: Annotated[
         str | None, typer.Option(help="6-field KFP cron, seconds first (default 02:00 daily)")
@@ -616,9 +651,13 @@ def pipeline_schedule(
         str | None, typer.Option(help="recurring run name (default: cxrflow-nightly)")
     ] = None,
     max_concurrency: Annotated[int, typer.Option(help="runs at once")] = 1,
+    catchup: Annotated[
+        bool, typer.Option(help="back-fill the intervals missed while disabled or behind")
+    ] = False,
     replace: Annotated[bool, typer.Option(help="replace a schedule of that name")] = False,
 ) -> None:
-    """Create the nightly recurring run (no catch-up) with the resolved configuration."""
+    """Create the recurring (nightly) run with the resolved configuration; no catch-up unless
+    --catchup."""
     from pipelines.submit import schedule_nightly
 
     path, overrides = _package(package)
@@ -627,11 +666,138 @@ def pipeline_schedule(
         path,
         max_concurrency=max_concurrency,
         params_overrides=overrides,
+        catchup=catchup,
         namespace=namespace,
+        kube_context=kube_context,
+        service_account=service_account,
         replace=replace,
         **_given(cron=cron, experiment=experiment, job_name=job_name),
     )
     print(f"recurring run id: {job_id}")
+
+
+def _kfp_client(host: str | None, namespace: str | None, kube_context: str | None) -> Any:
+    from pipelines.submit import make_client
+
+    return make_client(host, namespace, kube_context)
+
+
+def _when(value: Any) -> str:
+    return "-" if value is None else f"{value:%Y-%m-%d %H:%M}"
+
+
+@schedule_app.command("list")
+def pipeline_schedule_list(
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    kube_context: KubeContextOption = None,
+    experiment: ExperimentOption = None,
+    as_json: AsJsonOption = False,
+) -> None:
+    """List the recurring runs of the experiment: status, cron, concurrency, data version."""
+    from dataclasses import asdict
+
+    from pipelines.submit import list_schedules
+
+    client = _kfp_client(host, namespace, kube_context)
+    jobs = list_schedules(client, namespace=namespace, **_given(experiment=experiment))
+    if as_json:
+        _print_json([asdict(j) for j in jobs])
+        return
+    if not jobs:
+        print("no recurring runs")
+        return
+    print(f"{'name':<24} {'status':<8} {'cron':<16} {'max':>3} {'catchup':<7} {'data':<16} id")
+    for j in jobs:
+        print(
+            f"{j.name:<24} {'enabled' if j.enabled else 'disabled':<8} {j.cron:<16} "
+            f"{j.max_concurrency:>3} {'yes' if j.catchup else 'no':<7} {j.data.version:<16} "
+            f"{j.recurring_run_id}"
+        )
+
+
+def _schedule_action(
+    action: str,
+    ref: str,
+    host: str | None,
+    namespace: str | None,
+    kube_context: str | None,
+    experiment: str | None,
+) -> None:
+    from pipelines import submit
+
+    act = {
+        "enable": submit.enable_schedule,
+        "disable": submit.disable_schedule,
+        "delete": submit.delete_schedule,
+    }[action]
+    client = _kfp_client(host, namespace, kube_context)
+    job = act(client, ref, namespace=namespace, **_given(experiment=experiment))
+    state = "deleted" if action == "delete" else ("enabled" if job.enabled else "disabled")
+    print(f"recurring run {job.name} ({job.recurring_run_id}): {state}")
+
+
+@schedule_app.command("enable")
+def pipeline_schedule_enable(
+    ref: ScheduleRef,
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    kube_context: KubeContextOption = None,
+    experiment: ExperimentOption = None,
+) -> None:
+    """Enable (resume) a recurring run."""
+    _schedule_action("enable", ref, host, namespace, kube_context, experiment)
+
+
+@schedule_app.command("disable")
+def pipeline_schedule_disable(
+    ref: ScheduleRef,
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    kube_context: KubeContextOption = None,
+    experiment: ExperimentOption = None,
+) -> None:
+    """Disable (pause) a recurring run; its runs and settings stay."""
+    _schedule_action("disable", ref, host, namespace, kube_context, experiment)
+
+
+@schedule_app.command("delete")
+def pipeline_schedule_delete(
+    ref: ScheduleRef,
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    kube_context: KubeContextOption = None,
+    experiment: ExperimentOption = None,
+) -> None:
+    """Delete a recurring run (the runs it started stay)."""
+    _schedule_action("delete", ref, host, namespace, kube_context, experiment)
+
+
+@pipeline_app.command("runs")
+def pipeline_runs(
+    host: HostOption = None,
+    namespace: NamespaceOption = None,
+    kube_context: KubeContextOption = None,
+    experiment: ExperimentOption = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 10,
+    as_json: AsJsonOption = False,
+) -> None:
+    """List the recent runs of the experiment on the cluster: state and data version."""
+    from dataclasses import asdict
+
+    from pipelines.submit import list_runs
+
+    client = _kfp_client(host, namespace, kube_context)
+    runs = list_runs(client, limit=limit, namespace=namespace, **_given(experiment=experiment))
+    if as_json:
+        _print_json([asdict(r) for r in runs])
+        return
+    if not runs:
+        print("no runs")
+        return
+    print(f"{'run':<32} {'state':<10} {'created (UTC)':<16} {'data':<16}")
+    for r in runs:
+        print(f"{r.name:<32} {r.state:<10} {_when(r.created_at):<16} {r.data.version:<16}")
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -652,6 +818,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("cxrflow.data.versions", "DataRegistryError"),
         ("cxrflow.tracking", "ModelNotFoundError"),
         ("pipelines.progress", "LocalStepError"),
+        ("pipelines.submit", "KfpApiError"),
     ):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):
