@@ -33,12 +33,12 @@ unit: venv ## the fast loop: tests not marked slow or s3 (a few minutes)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not s3"
 
 lint: venv ## ruff lint + format check
-	$(BIN)/ruff check src components pipelines tests bench
-	$(BIN)/ruff format --check src components pipelines tests bench
+	$(BIN)/ruff check src components pipelines tests bench infra/stack
+	$(BIN)/ruff format --check src components pipelines tests bench infra/stack
 
 format: venv ## apply ruff formatting and fixes
-	$(BIN)/ruff check --fix src components pipelines tests bench
-	$(BIN)/ruff format src components pipelines tests bench
+	$(BIN)/ruff check --fix src components pipelines tests bench infra/stack
+	$(BIN)/ruff format src components pipelines tests bench infra/stack
 
 lint-infra: venv ## kubectl kustomize, kubernetes-validate, checkov, hadolint, yamllint (pinned, isolated)
 	infra/lint/lint-infra.sh

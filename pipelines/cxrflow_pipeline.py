@@ -7,7 +7,9 @@ the compiled YAML carries exactly what it was resolved from. The model steps fol
 ``params.models`` (one task per model key, a transfer after the model it starts from). An exit
 handler (``finalize``) ends the MLflow parent run whatever happens. Every step gets the MLflow /
 S3 endpoint from a ConfigMap and credentials from a Secret. Locally (``kfp.local``) the
-Kubernetes settings, retries and caching are ignored.
+Kubernetes settings and caching are ignored; retries are not (kfp.local 2.17 applies them, with
+their backoff), so local runs build the pipeline with ``retries=False`` and a failing step fails
+at once.
 
 On a cluster (``params.cluster``, compiled in, like the images):
 
@@ -167,7 +169,7 @@ def step_kind(params: Params, step: str) -> str:
     return STEP_KINDS[step]
 
 
-def _configure(tasks: dict[str, dsl.PipelineTask], params: Params) -> None:
+def _configure(tasks: dict[str, dsl.PipelineTask], params: Params, retries: bool) -> None:
     """Caching, resources, placement, retries and environment of every task (module doc)."""
     caching, cluster = cache_policy(params), params.cluster
     for step, task in tasks.items():
@@ -177,10 +179,11 @@ def _configure(tasks: dict[str, dsl.PipelineTask], params: Params) -> None:
         _resources(task, getattr(cluster.resources, kind))
         if kind == "train":
             _gpu(task, params)
-            _retry(task, cluster.retry.train)
+            if retries:
+                _retry(task, cluster.retry.train)
         else:
             _cpu_only(task)
-            if step in IO_RETRY_STEPS:
+            if retries and step in IO_RETRY_STEPS:
                 _retry(task, cluster.retry.io)
         if step in DATA_STEPS:  # their run id may not be an input: see the module doc
             kubernetes.use_field_path_as_env(task, PIPELINE_RUN_ENV, RUN_ID_FIELD)
@@ -221,8 +224,14 @@ def _cpu_only(task: dsl.PipelineTask) -> None:
     )
 
 
-def build_pipeline(params: Params) -> Any:
-    """Build the pipeline function whose ``params`` default is the resolved ``params``."""
+def build_pipeline(params: Params, *, retries: bool = True) -> Any:
+    """Build the pipeline function whose ``params`` default is the resolved ``params``.
+
+    Args:
+        params: The resolved configuration.
+        retries: Compile ``params.cluster.retry`` into the tasks (the cluster); ``False`` for
+            kfp.local, which would otherwise wait out every backoff of a failing step.
+    """
     defaults = pipeline_defaults(params)
     keys = params.model_keys
     trainers = {
@@ -307,7 +316,7 @@ def build_pipeline(params: Params) -> Any:
                 "audit": aud,
                 "register": reg,
             }
-        _configure(tasks, resolved)
+        _configure(tasks, resolved, retries)
         # KFP returns no pipeline output from inside an exit handler: the champion is the
         # register step's output (and registered.json in its artifact).
 

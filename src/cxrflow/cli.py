@@ -359,6 +359,77 @@ def report(
     print(f"report -> {md} and {html}" + (f" (MLflow run {logged})" if logged else ""))
 
 
+@app.command()
+def compare(
+    experiment: Annotated[
+        str | None,
+        typer.Option(help="MLflow experiment (default: params tracking.experiment_name)"),
+    ] = None,
+    runs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--runs",
+            metavar="ID",
+            help="a pipeline run id or an MLflow run id (repeat, or comma-separated); a "
+            "pipeline's parent run stands for its model runs",
+        ),
+    ] = None,
+    data_versions: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            metavar="V1 V2",
+            help="compare the latest run of each model on V2 against V1 (a tag, tag@commit or "
+            "commit prefix)",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="where compare.md, compare_files/ and compare.html go")
+    ] = Path("reports/compare"),
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlruns.db)"),
+    ] = None,
+    ui_url: Annotated[
+        str | None,
+        typer.Option(help="MLflow UI address for the row links (default: an http(s) tracking URI)"),
+    ] = None,
+) -> None:
+    """Models x metrics with CIs across an MLflow experiment, pipeline runs or two data
+    versions: what changed, by how much, and whether beyond the uncertainty. Writes compare.md
+    and a self-contained compare.html with plots; each row links to its MLflow run. Reads
+    params: tracking.experiment_name (without --experiment)."""
+    from tqdm import tqdm
+
+    from cxrflow.compare import (
+        build_comparison,
+        format_terminal,
+        row_from_record,
+        select_runs,
+        write_comparison,
+    )
+    from cxrflow.tracking import RunStore
+
+    store = RunStore(tracking_uri)
+    refs = [ref for item in runs or [] for ref in item.split(",") if ref.strip()]
+    name = experiment or _SETTINGS.params().tracking.experiment_name
+    with tqdm(desc="MLflow runs", unit="run", disable=None, leave=False) as bar:
+        sel = select_runs(
+            store,
+            experiment=name,
+            run_refs=refs,
+            data_versions=data_versions or (),
+            on_page=bar.update,
+        )
+    rows = [row_from_record(r, store.uri, ui_url) for r in sel.records]
+    comp = build_comparison(
+        rows, description=sel.description, source=store.uri, version_pair=sel.versions,
+        notes=sel.notes,
+    )  # fmt: skip
+    md, html = write_comparison(comp, out)
+    print(format_terminal(comp), end="")
+    print(f"compare -> {md} and {html}")
+
+
 # ----------------------------------------------------------------------------------- data
 
 
@@ -539,7 +610,7 @@ def pipeline_run(
         f"models {', '.join(params.model_keys)}; MLflow {uri}"
     )
     result = run_local(
-        build_pipeline(params),
+        build_pipeline(params, retries=False),
         {},
         pipeline_root,
         verbose=_SETTINGS.verbose,

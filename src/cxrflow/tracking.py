@@ -191,11 +191,14 @@ def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log numeric metrics to a run."""
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    for k, v in metrics.items():
-        client.log_metric(run_id, k, float(v), step=step or 0)
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):  # one request per 1000 (MLflow's batch limit)
+        client.log_batch(run_id, metrics=items[i : i + 1000])
 
 
 def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
@@ -473,3 +476,95 @@ def fail_running_children(experiment_name: str, pipeline_run_id: str) -> list[st
     for run_id in stale:
         client.set_terminated(run_id, "FAILED")
     return [str(r) for r in stale]
+
+
+# --------------------------------------------------------------------- reading runs back
+
+
+RUN_ID_PATTERN = r"^[0-9a-f]{32}$"
+"""What an MLflow run id looks like (a pipeline run id never does: KFP's are UUIDs with dashes,
+kfp.local's are ``<pipeline>-<timestamp>``)."""
+
+
+class RunStore:
+    """Read-only queries of a tracking server for ``cxrflow compare`` (any MLflow 3 server:
+    sqlite, PostgreSQL, ``http(s)://``, Databricks), returning plain dicts so that callers need
+    no MLflow types.
+
+    A run record is ``{"run_id", "experiment_id", "run_name", "status", "start_time", "tags",
+    "metrics", "params"}``; ``metrics`` holds each metric's latest value.
+
+    Args:
+        uri: The tracking URI (default: :func:`tracking_uri`).
+
+    Raises:
+        LookupError: The URI is the local sqlite default and no store was ever made there.
+    """
+
+    PAGE_SIZE = 500
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or tracking_uri()
+        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///") :]).is_file():
+            raise LookupError(
+                f"no MLflow tracking store at {self.uri}: nothing has been tracked there; set "
+                "MLFLOW_TRACKING_URI or --tracking-uri to your tracking server"
+            )
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str | None:
+        """The id of the experiment called ``name`` (None when there is none)."""
+        exp = self._client.get_experiment_by_name(name)
+        return None if exp is None else str(exp.experiment_id)
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """The record of one run (None when the server has no such run)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return _record(self._client.get_run(run_id))
+        except MlflowException:
+            return None
+
+    def search(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str = "",
+        on_page: Any = None,
+    ) -> list[dict[str, Any]]:
+        """Every live run of the experiments matching ``filter_string``, oldest first.
+
+        Pages through the results ``PAGE_SIZE`` at a time, calling ``on_page(n)`` after each
+        page of ``n`` runs (a progress bar).
+        """
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = self._client.search_runs(
+                list(experiment_ids),
+                filter_string=filter_string,
+                max_results=self.PAGE_SIZE,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            out.extend(_record(r) for r in page)
+            if on_page is not None:
+                on_page(len(page))
+            token = page.token
+            if not token:
+                return out
+
+
+def _record(run: Any) -> dict[str, Any]:
+    return {
+        "run_id": str(run.info.run_id),
+        "experiment_id": str(run.info.experiment_id),
+        "run_name": str(run.info.run_name or ""),
+        "status": str(run.info.status),
+        "start_time": int(run.info.start_time or 0),
+        "tags": dict(run.data.tags),
+        "metrics": {k: float(v) for k, v in run.data.metrics.items()},
+        "params": dict(run.data.params),
+    }

@@ -137,6 +137,20 @@ def test_training_retries_with_backoff_the_io_steps_less_the_gates_never(paper) 
     assert set(compiled.tasks) - set(params.models) - {"validate", "split"} == set(IO_RETRY_STEPS)
 
 
+def test_local_runs_compile_without_retries(tmp_path: Path) -> None:
+    """kfp.local applies retry policies with their backoff: the local pipeline has none, so a
+    failing local step fails at once instead of waiting minutes between attempts."""
+    from kfp import compiler
+
+    from pipelines.cxrflow_pipeline import build_pipeline
+
+    params = load_params(ROOT / "params.yaml", "smoke")
+    out = tmp_path / "local.yaml"
+    compiler.Compiler().compile(build_pipeline(params, retries=False), package_path=str(out))
+    compiled = Compiled(out)
+    assert all(task.get("retryPolicy") is None for task in compiled.tasks.values())
+
+
 def test_every_task_requests_and_limits_cpu_and_memory(paper) -> None:
     params, compiled = paper
     kinds = set()

@@ -670,6 +670,8 @@ def mlflow_server_as_deployed(tmp_path: Path) -> Iterator[tuple[str, str]]:
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "HOME": str(tmp_path),
+        # no job runner: faster start, and no /dev/shm folder left behind per server
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(

@@ -34,7 +34,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp / "mlartifacts").as_uri())
     params = load_params(ROOT / "params.yaml", "smoke", [FIFTH])
-    out = run_local(build_pipeline(params), {}, tmp / "kfp")
+    out = run_local(build_pipeline(params, retries=False), {}, tmp / "kfp")
     yield {
         "out": out,
         "metrics": find_metrics(out.run_dir),
@@ -167,7 +167,7 @@ def test_failed_step_fails_the_parent_run_naming_it(tmp_path: Path, monkeypatch)
     monkeypatch.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp_path / "art").as_uri())
     params = load_params(ROOT / "params.yaml", "smoke", ["validate.min_per_class=100000"])
     with pytest.raises(LocalStepError) as err:
-        run_local(build_pipeline(params), {}, tmp_path / "kfp")
+        run_local(build_pipeline(params, retries=False), {}, tmp_path / "kfp")
     assert err.value.step == "validate"
     assert "DataValidationError" in str(err.value) or "expectation" in str(err.value)
     assert str(err.value.log_path).endswith("validate.log")
