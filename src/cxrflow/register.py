@@ -63,6 +63,11 @@ class PromotionDecision:
     eligible: tuple[str, ...]
 
 
+# The champion's score is read back from its version's tag, written to 6 decimals: a candidate
+# that equals it beyond that precision is a tie, not a win.
+TIE_TOLERANCE = 5e-6
+
+
 def decide_promotion(
     scores: Mapping[str, float],
     candidates: Sequence[str],
@@ -78,7 +83,8 @@ def decide_promotion(
     The candidates the audit allows (all of them when the audit does not block, or for a
     candidate that was not audited, ``None``) compete on ``metric``; the best is promoted to
     champion only if there is no champion yet or it beats the current champion's value by more
-    than ``margin``. Otherwise the best candidate is registered as challenger, with the reason.
+    than ``margin`` (and more than :data:`TIE_TOLERANCE`, the precision the champion's value is
+    stored with). Otherwise the best candidate is registered as challenger, with the reason.
 
     Args:
         scores: ``model_key -> metric value`` on the test split.
@@ -116,7 +122,7 @@ def decide_promotion(
     if current_champion is None:
         reason = f"{pick} is the first champion: {metric} {value:.4f}{note}"
         return PromotionDecision(pick, CHAMPION, reason, audit_passed.get(pick), eligible)
-    if value > current_champion + margin:
+    if value - current_champion - margin > TIE_TOLERANCE:
         reason = (
             f"{pick} beats the champion's {metric} {current_champion:.4f} by "
             f"{value - current_champion:.4f} (> margin {margin:g}){note}"

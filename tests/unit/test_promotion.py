@@ -115,6 +115,17 @@ def _decide(scores, audit, champion, margin=0.0, block=True):
             CHALLENGER,
             "does not beat",
         ),
+        # equal to the champion's stored (6-decimal) value is a tie, not a win
+        (
+            {"model_1": 0.20512820512820512},
+            {"model_1": True},
+            0.205128,
+            0.0,
+            True,
+            "model_1",
+            CHALLENGER,
+            "does not beat",
+        ),
         # not audited (audit disabled) counts as allowed
         ({"model_1": 0.6}, {"model_1": None}, None, 0.0, True, "model_1", CHAMPION, "first"),
         # a tie goes to the earlier candidate
