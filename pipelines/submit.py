@@ -632,7 +632,44 @@ def _find_schedule(client: kfp.Client, ref: str, experiment: str, namespace: str
     raise ValueError(f"{len(named)} recurring runs are named {ref!r}; give one id: {ids}")
 
 
+SCHEDULE_ACTIONS = ("enable", "disable", "delete")
+
+
 @_talks_to_kfp
+def change_schedule(
+    client: kfp.Client,
+    action: str,
+    ref: str,
+    experiment: str = DEFAULT_EXPERIMENT,
+    *,
+    namespace: str | None = None,
+) -> ScheduleInfo:
+    """Enable, disable (pause) or delete the recurring run named (or with id) ``ref``.
+
+    Deleting leaves the runs it started.
+
+    Args:
+        client: A ``kfp.Client`` (:func:`make_client`).
+        action: One of :data:`SCHEDULE_ACTIONS`.
+        ref: The recurring run's id or name.
+        experiment: KFP experiment name.
+        namespace: Namespace of a multi-user deployment (``None``: ``KFP_NAMESPACE``/default).
+
+    Returns:
+        The recurring run as the API reports it afterwards (deleted: as it was).
+
+    Raises:
+        LookupError: No such recurring run. ValueError: an ambiguous name or unknown action.
+    """
+    if action not in SCHEDULE_ACTIONS:
+        raise ValueError(f"unknown schedule action {action!r}; one of {SCHEDULE_ACTIONS}")
+    job = _find_schedule(client, ref, experiment, namespace)
+    getattr(client, f"{action}_recurring_run")(job.recurring_run_id)
+    if action == "delete":
+        return ScheduleInfo.of(job)
+    return ScheduleInfo.of(client.get_recurring_run(job.recurring_run_id))
+
+
 def enable_schedule(
     client: kfp.Client,
     ref: str,
@@ -640,20 +677,10 @@ def enable_schedule(
     *,
     namespace: str | None = None,
 ) -> ScheduleInfo:
-    """Enable the recurring run named (or with id) ``ref`` in the experiment.
-
-    Returns:
-        The recurring run as the API reports it afterwards.
-
-    Raises:
-        LookupError: No such recurring run. ValueError: an ambiguous name.
-    """
-    job = _find_schedule(client, ref, experiment, namespace)
-    client.enable_recurring_run(job.recurring_run_id)
-    return ScheduleInfo.of(client.get_recurring_run(job.recurring_run_id))
+    """Enable a recurring run (see :func:`change_schedule`)."""
+    return change_schedule(client, "enable", ref, experiment, namespace=namespace)
 
 
-@_talks_to_kfp
 def disable_schedule(
     client: kfp.Client,
     ref: str,
@@ -661,20 +688,10 @@ def disable_schedule(
     *,
     namespace: str | None = None,
 ) -> ScheduleInfo:
-    """Disable (pause) the recurring run named (or with id) ``ref`` in the experiment.
-
-    Returns:
-        The recurring run as the API reports it afterwards.
-
-    Raises:
-        LookupError: No such recurring run. ValueError: an ambiguous name.
-    """
-    job = _find_schedule(client, ref, experiment, namespace)
-    client.disable_recurring_run(job.recurring_run_id)
-    return ScheduleInfo.of(client.get_recurring_run(job.recurring_run_id))
+    """Disable (pause) a recurring run; its runs and settings stay (see :func:`change_schedule`)."""
+    return change_schedule(client, "disable", ref, experiment, namespace=namespace)
 
 
-@_talks_to_kfp
 def delete_schedule(
     client: kfp.Client,
     ref: str,
@@ -682,17 +699,8 @@ def delete_schedule(
     *,
     namespace: str | None = None,
 ) -> ScheduleInfo:
-    """Delete the recurring run named (or with id) ``ref``; the runs it started stay.
-
-    Returns:
-        The deleted recurring run, as it was.
-
-    Raises:
-        LookupError: No such recurring run. ValueError: an ambiguous name.
-    """
-    job = _find_schedule(client, ref, experiment, namespace)
-    client.delete_recurring_run(job.recurring_run_id)
-    return ScheduleInfo.of(job)
+    """Delete a recurring run; the runs it started stay (see :func:`change_schedule`)."""
+    return change_schedule(client, "delete", ref, experiment, namespace=namespace)
 
 
 @_talks_to_kfp

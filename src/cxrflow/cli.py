@@ -787,61 +787,35 @@ def pipeline_schedule_list(
         )
 
 
-def _schedule_action(
-    action: str,
-    ref: str,
-    host: str | None,
-    namespace: str | None,
-    kube_context: str | None,
-    experiment: str | None,
-) -> None:
-    from pipelines import submit
+def _schedule_command(action: str, doc: str) -> None:
+    """Register ``cxrflow pipeline schedule <action> REF`` (enable, disable or delete)."""
 
-    act = {
-        "enable": submit.enable_schedule,
-        "disable": submit.disable_schedule,
-        "delete": submit.delete_schedule,
-    }[action]
-    client = _kfp_client(host, namespace, kube_context)
-    job = act(client, ref, namespace=namespace, **_given(experiment=experiment))
-    state = "deleted" if action == "delete" else ("enabled" if job.enabled else "disabled")
-    print(f"recurring run {job.name} ({job.recurring_run_id}): {state}")
+    def command(
+        ref: ScheduleRef,
+        host: HostOption = None,
+        namespace: NamespaceOption = None,
+        kube_context: KubeContextOption = None,
+        experiment: ExperimentOption = None,
+    ) -> None:
+        from pipelines.submit import change_schedule
 
+        client = _kfp_client(host, namespace, kube_context)
+        job = change_schedule(
+            client, action, ref, namespace=namespace, **_given(experiment=experiment)
+        )
+        state = "deleted" if action == "delete" else ("enabled" if job.enabled else "disabled")
+        print(f"recurring run {job.name} ({job.recurring_run_id}): {state}")
 
-@schedule_app.command("enable")
-def pipeline_schedule_enable(
-    ref: ScheduleRef,
-    host: HostOption = None,
-    namespace: NamespaceOption = None,
-    kube_context: KubeContextOption = None,
-    experiment: ExperimentOption = None,
-) -> None:
-    """Enable (resume) a recurring run."""
-    _schedule_action("enable", ref, host, namespace, kube_context, experiment)
+    command.__doc__ = doc
+    schedule_app.command(action)(command)
 
 
-@schedule_app.command("disable")
-def pipeline_schedule_disable(
-    ref: ScheduleRef,
-    host: HostOption = None,
-    namespace: NamespaceOption = None,
-    kube_context: KubeContextOption = None,
-    experiment: ExperimentOption = None,
-) -> None:
-    """Disable (pause) a recurring run; its runs and settings stay."""
-    _schedule_action("disable", ref, host, namespace, kube_context, experiment)
-
-
-@schedule_app.command("delete")
-def pipeline_schedule_delete(
-    ref: ScheduleRef,
-    host: HostOption = None,
-    namespace: NamespaceOption = None,
-    kube_context: KubeContextOption = None,
-    experiment: ExperimentOption = None,
-) -> None:
-    """Delete a recurring run (the runs it started stay)."""
-    _schedule_action("delete", ref, host, namespace, kube_context, experiment)
+for _action, _doc in (
+    ("enable", "Enable (resume) a recurring run."),
+    ("disable", "Disable (pause) a recurring run; its runs and settings stay."),
+    ("delete", "Delete a recurring run (the runs it started stay)."),
+):
+    _schedule_command(_action, _doc)
 
 
 @pipeline_app.command("runs")

@@ -61,11 +61,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
 
 def _params() -> Any:
-    """The smoke profile, lighter: model_3 a small CNN, the cheapest evaluation, no KFP retries.
+    """The smoke profile, lighter: model_3 a small CNN, the cheapest evaluation.
 
-    KFP retries are off so that what the fault tests see is the MLflow client's and boto3's
-    own retrying, and so that a failing step fails the test at once: kfp.local applies the
-    retry policy (``cluster.retry``, 120 s backoff for the model steps) like a cluster would.
+    The pipeline is built with ``retries=False`` (as every local run is), so what the fault
+    tests see is the MLflow client's and boto3's own retrying, and a failing step fails the
+    test at once.
     """
     from cxrflow.config import load_params
 
@@ -78,8 +78,6 @@ def _params() -> Any:
             "evaluate.gradcam_per_class=0",
             "evaluate.latency_samples=2",
             "audit.enabled=false",
-            "cluster.retry.train.num_retries=0",
-            "cluster.retry.io.num_retries=0",
         ],
     )
 
