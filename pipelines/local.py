@@ -13,6 +13,9 @@ Where things go, for ``pipeline_root=runs/kfp`` (the CLI default):
 - ``runs/<run>/<step>.log``: each step's full output (``model_0.log``, ...), and
   ``runs/<run>/pipeline.log`` with the raw stream of the whole run as kfp printed it. The log
   root is the pipeline root's parent unless ``log_root`` says otherwise.
+- ``runs/<run>/steps.json``: the run's start, end and wall time and, per step, its status,
+  when kfp started it, how long it took and where its time went (the step's own timing report:
+  start-up, imports, data, compute, model I/O, MLflow), for ``bench/overhead.py``.
 
 The console shows one line per step as it starts and as it ends (status, duration, the line
 the step wrote with ``cxrflow.logs.emit_summary``) and live training progress; see
@@ -42,6 +45,9 @@ from pipelines.progress import (
 )
 
 __all__ = ["LocalRunResult", "LocalStepError", "StepRecord", "find_metrics", "run_local"]
+
+STEPS_FILE = "steps.json"
+"""The file in a run's log folder with every step's timing (see the module doc)."""
 
 
 @dataclasses.dataclass
@@ -118,6 +124,7 @@ def run_local(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
     )
     started = time.monotonic()
+    started_at = time.time()
     failure: RuntimeError | None = None
     try:
         with _environ(env), _captured(console):
@@ -132,6 +139,7 @@ def run_local(
         run_name = console.run_name or _new_run(root, before, pipeline_name)
         if run_name:
             console.move_to(logs / run_name)
+        _write_steps(console, started_at)
     run_name = run_name or console.log_dir.name
     failed = console.failed_step()
     if failure is not None and failed is not None:
@@ -149,6 +157,18 @@ def run_local(
         champion=_single_output(task),
         steps=console.steps,
     )
+
+
+def _write_steps(console: RunConsole, started_at: float) -> None:
+    """``steps.json`` in the run's log folder (see the module doc)."""
+    ended_at = time.time()
+    doc = {
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "wall_s": ended_at - started_at,
+        "steps": [dataclasses.asdict(s) for s in console.steps],
+    }
+    (console.log_dir / STEPS_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
 
 
 def find_metrics(run_dir: str | Path) -> dict[str, Any]:

@@ -15,14 +15,19 @@ as it ends (status, duration, the step's summary line), plus training progress: 
 in place when the console is a terminal, otherwise at most one line per epoch and per
 ``NON_TTY_PROGRESS_SECONDS`` (nothing for quick runs, a heartbeat for long ones).
 
+Each step's timing line (``cxrflow.steps.TIMING_MARKER``: where its time went, by phase) is
+kept in its :class:`StepRecord`; the runner writes them all to ``<log_dir>/steps.json``.
+
 This module imports neither kfp nor cxrflow's heavy dependencies; it only parses text.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import io
+import json
 import os
 import re
 import shutil
@@ -30,9 +35,10 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from cxrflow.logs import PROGRESS_MARKER, SUMMARY_MARKER
+from cxrflow.steps import TIMING_MARKER
 
 NON_TTY_PROGRESS_SECONDS = 30.0
 """Without a terminal, the least time between two progress lines of one step."""
@@ -106,6 +112,9 @@ class StepRecord:
         seconds: wall time from kfp's start line to its end line.
         summary: the text of the step's last summary marker line, or ``""``.
         error: for a failed step, its last error line.
+        started_at: when kfp's start line came (epoch seconds).
+        timing: the step's own timing report (:class:`cxrflow.steps.StepTimes`), if it wrote
+            one: phases in seconds and the process start, entry and end times.
     """
 
     name: str
@@ -113,6 +122,8 @@ class StepRecord:
     seconds: float = 0.0
     summary: str = ""
     error: str = ""
+    started_at: float = 0.0
+    timing: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -223,6 +234,10 @@ class RunConsole:
     def _markers(self, live: _Live, text: str) -> None:
         if text.startswith(SUMMARY_MARKER):
             live.record.summary = _strip_step(text[len(SUMMARY_MARKER) :].strip(), live)
+        elif text.startswith(TIMING_MARKER):
+            # a garbled timing line costs the report, not the run
+            with contextlib.suppress(ValueError):
+                live.record.timing = dict(json.loads(text[len(TIMING_MARKER) :]))
         elif text.startswith(PROGRESS_MARKER):
             live.marked = True
             progress = _strip_step(text[len(PROGRESS_MARKER) :].strip(), live)
@@ -245,7 +260,7 @@ class RunConsole:
 
     def _start(self, ident: int, task: str) -> None:
         name = step_key(task)
-        record = StepRecord(name=name)
+        record = StepRecord(name=name, started_at=time.time())
         self.steps.append(record)
         # append: a retried task (kfp retry policy) logs every attempt in one file
         log = (self.log_dir / f"{name}.log").open("a", encoding="utf-8")

@@ -290,18 +290,36 @@ def predict(
         str | None, typer.Option(help="e.g. runs:/<id>/model (default: the registered champion)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+    onnx: Annotated[
+        Path | None,
+        typer.Option(
+            help="serve an exported model with ONNX Runtime instead (no TensorFlow): a .onnx "
+            "file, or a `cxrflow export` directory for its int8 model"
+        ),
+    ] = None,
 ) -> None:
-    """Classify images with the registered champion (or --model-uri). Reads params: register
-    (model name and alias), ingest.max_pixels (decompression-bomb limit)."""
-    from cxrflow import tracking
+    """Classify images with the registered champion (or --model-uri, or an --onnx export).
+    Reads params: register (model name and alias), ingest.max_pixels (decompression-bomb
+    limit)."""
     from cxrflow.predict import format_errors, format_json, format_table, predict_paths
 
     params = _SETTINGS.params()
-    uri = model_uri or f"models:/{params.register.model_name}@{params.register.alias}"
-    model, meta = tracking.load_model(uri)
-    classes, size = meta.get("classes"), meta.get("image_size")
-    if not classes or not size:
-        raise ValueError(f"{uri}: model has no cxrflow metadata (classes, image_size)")
+    if onnx is not None:
+        if model_uri:
+            raise ValueError("give --model-uri or --onnx, not both")
+        from cxrflow.export import load_onnx_model
+
+        model: Any = load_onnx_model(onnx)
+        classes: Any = list(model.classes)
+        size: Any = model.image_size
+    else:
+        from cxrflow import tracking
+
+        uri = model_uri or f"models:/{params.register.model_name}@{params.register.alias}"
+        model, meta = tracking.load_model(uri)
+        classes, size = meta.get("classes"), meta.get("image_size")
+        if not classes or not size:
+            raise ValueError(f"{uri}: model has no cxrflow metadata (classes, image_size)")
     preds = predict_paths(
         model, [str(p) for p in paths], classes, int(size), max_pixels=params.ingest.max_pixels
     )
@@ -312,6 +330,76 @@ def predict(
         print(f"cxrflow: error: {line}", file=sys.stderr)
     if not ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def export(
+    dataset: Annotated[Path, typer.Option(help="an ingest output directory")],
+    splits: Annotated[Path, typer.Option(help="a split output directory")],
+    out: Annotated[
+        Path, typer.Option(help="directory for model.onnx, model.int8.onnx and export.json")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="a `cxrflow train` output directory or an MLflow model URI "
+            "(default: the registered champion)"
+        ),
+    ] = None,
+    calibration_images: Annotated[
+        int | None,
+        typer.Option(help="training-split images the int8 ranges are calibrated on (default 200)"),
+    ] = None,
+    check_images: Annotated[
+        int | None,
+        typer.Option(help="validation images int8 is compared with fp32 on (default 300; 0: none)"),
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="fail if int8 loses more accuracy points than this (default 1.0)"),
+    ] = None,
+    log_to_run: Annotated[
+        bool, typer.Option("--log-to-run", help="log the files to the model's MLflow run (onnx/)")
+    ] = False,
+) -> None:
+    """Export a trained model to ONNX (fp32) and static int8 (ONNX Runtime, calibrated on its
+    training split, checked against fp32 on its validation split) for `cxrflow predict --onnx`.
+    Reads params: register (default model), models, train.seed, tracking (--log-to-run)."""
+    from cxrflow.export import (
+        DEFAULT_CALIBRATION_IMAGES,
+        DEFAULT_CHECK_IMAGES,
+        MAX_DROP_POINTS,
+        run_export,
+    )
+
+    params = _SETTINGS.params()
+    ref = model or f"models:/{params.register.model_name}@{params.register.alias}"
+    info = run_export(
+        params,
+        ref,
+        dataset,
+        splits,
+        out,
+        DEFAULT_CALIBRATION_IMAGES if calibration_images is None else calibration_images,
+        log_to_run=log_to_run,
+        check_images=DEFAULT_CHECK_IMAGES if check_images is None else check_images,
+        max_drop_points=MAX_DROP_POINTS if max_drop is None else max_drop,
+    )
+    files = info["files"]
+    print(
+        f"exported {info['model_key']} -> {out}: {files['fp32']['file']} "
+        f"({files['fp32']['bytes'] / 1e6:.1f} MB), {files['int8']['file']} "
+        f"({files['int8']['bytes'] / 1e6:.1f} MB), calibrated on "
+        f"{info['calibration']['n_images']} {info['calibration']['split']} images"
+        + (f"; logged to MLflow run {info['logged_to_run']}" if info["logged_to_run"] else "")
+    )
+    if "check" in info:
+        c = info["check"]
+        print(
+            f"on {c['n']} validation images: accuracy fp32 {c['fp32']['accuracy']:.4f}, "
+            f"int8 {c['int8']['accuracy']:.4f} (macro-F1 {c['fp32']['f1_macro']:.4f} -> "
+            f"{c['int8']['f1_macro']:.4f}); same class for {100 * c['agreement']:.1f} %"
+        )
 
 
 @app.command()

@@ -1,9 +1,11 @@
 """Classifying images with a registered model (``cxrflow predict``).
 
 Applies exactly the training preprocessing (:func:`cxrflow.datasets.preprocess_image`); the
-rest (channel replication, scaling) lives inside the model. A directory argument stands for
-every image file below it. An unreadable, missing or oversized file gets its own error and the
-other files are still predicted.
+rest (channel replication, scaling) lives inside the model. The model is the registered Keras
+model or an exported ONNX one (:class:`cxrflow.export.OnnxClassifier`, fp32 or int8): both take
+the same input and give the same output, so the output format is the same whichever is served.
+A directory argument stands for every image file below it. An unreadable, missing or oversized
+file gets its own error and the other files are still predicted.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".
 
 
 def predict_arrays(model: Any, x: np.ndarray) -> np.ndarray:
-    """Class probabilities for a batch of preprocessed images."""
+    """Class probabilities for a batch of preprocessed images.
+
+    ``model`` is anything with Keras' ``predict(x, verbose=0)``: a Keras model or an
+    :class:`cxrflow.export.OnnxClassifier`.
+    """
     return np.asarray(model.predict(x.astype(np.float32), verbose=0))
 
 
@@ -78,7 +84,8 @@ def predict_paths(
     path) and the other files are still predicted.
 
     Args:
-        model: A Keras model taking ``(n, image_size, image_size, 1)`` float32 in [0, 255].
+        model: A Keras model or :class:`cxrflow.export.OnnxClassifier` taking
+            ``(n, image_size, image_size, 1)`` float32 in [0, 255].
         paths: Image files and/or directories (see :func:`expand_paths`).
         classes: Class names, in the model's output order.
         image_size: The side the model was trained at.

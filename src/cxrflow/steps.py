@@ -16,6 +16,7 @@ the reuse (:func:`_record_reuse`): ``cxrflow.data.reused_from``, the data steps 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,148 @@ class Provenance:
     origin: str
     profile: str
     sources: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------ timing
+
+TIMING_MARKER = "::cxrflow-timing::"
+"""Prefix of the one JSON line each step writes at its end with where its time went (read by
+the local runner into ``runs/<run>/steps.json``, and by ``bench/overhead.py``)."""
+COMPUTE_PHASES = ("compute",)
+"""The phases that are the work itself (training, evaluation); the rest is overhead."""
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds), or now where it cannot be told."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # psutil missing or refused: count no start-up
+        return time.time()
+
+
+class StepTimes:
+    """Where one step's wall time goes, by phase; phases nest, an inner one's time is its own.
+
+    Phases: ``imports`` (the heavy libraries a step imports when it starts), ``data`` (reading
+    and decoding images, building or checking the data), ``compute`` (training, evaluation),
+    ``model_io`` (saving and loading Keras models), ``tracking`` (MLflow calls). Whatever no
+    phase covers is ``other``; the time from process start to the step's entry is
+    ``startup`` (interpreter, the KFP executor, light imports).
+    """
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.process_start = _process_start()
+        self.entry = time.time()
+        self._t0 = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._stack: list[tuple[str, float]] = []
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Count the time inside the block as ``name`` (minus nested phases' time)."""
+        now = time.perf_counter()
+        if self._stack:  # pause the enclosing phase
+            outer, since = self._stack[-1]
+            self.seconds[outer] = self.seconds.get(outer, 0.0) + now - since
+        self._stack.append((name, now))
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            _, since = self._stack.pop()
+            self.seconds[name] = self.seconds.get(name, 0.0) + end - since
+            if self._stack:
+                outer, _ = self._stack[-1]
+                self._stack[-1] = (outer, end)
+
+    def timed(self, module: Any, name: str) -> Any:
+        """``module`` whose functions count as phase ``name`` (e.g. every MLflow call)."""
+        return _TimedModule(module, self, name)
+
+    def callback(self, inner: Any, name: str) -> Any:
+        """A Keras callback running ``inner``'s epoch-end hook (its only hook) as phase
+        ``name``."""
+        import keras
+
+        times = self
+
+        class _Timed(keras.callbacks.Callback):  # type: ignore[misc]
+            def set_model(self, model: Any) -> None:
+                super().set_model(model)
+                inner.set_model(model)
+
+            def set_params(self, params: Any) -> None:
+                super().set_params(params)
+                inner.set_params(params)
+
+            def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+                with times.phase(name):
+                    inner.on_epoch_end(epoch, logs)
+
+        return _Timed()
+
+    def report(self) -> dict[str, Any]:
+        """Seconds by phase so far, with ``other``, ``startup`` and the total."""
+        total = time.perf_counter() - self._t0
+        phases = dict(self.seconds)
+        phases["other"] = max(0.0, total - sum(phases.values()))
+        phases["startup"] = max(0.0, self.entry - self.process_start)
+        return {
+            "step": self.step,
+            "process_start": self.process_start,
+            "entry": self.entry,
+            "end": self.entry + total,
+            "seconds": total,
+            "phases": {k: round(v, 4) for k, v in sorted(phases.items())},
+        }
+
+    def emit(self) -> dict[str, Any]:
+        """Write the report as one marked line on stdout (the local runner keeps it)."""
+        rep = self.report()
+        print(f"{TIMING_MARKER} {json.dumps(rep, sort_keys=True)}", flush=True)
+        return rep
+
+
+class _TimedModule:
+    def __init__(self, module: Any, times: StepTimes, name: str) -> None:
+        self._module, self._times, self._name = module, times, name
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._module, attr)
+        if not callable(value) or isinstance(value, type):
+            return value
+
+        @functools.wraps(value)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._times.phase(self._name):
+                result = value(*args, **kwargs)
+            if hasattr(result, "__enter__") and hasattr(result, "__exit__"):
+                return _TimedContext(result, self._times, self._name)
+            return result
+
+        return call
+
+
+class _TimedContext:
+    """A context manager whose enter and exit (not its body) count as one phase; anything else
+    is the wrapped object's."""
+
+    def __init__(self, inner: Any, times: StepTimes, name: str) -> None:
+        self._inner, self._times, self._name = inner, times, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+    def __enter__(self) -> Any:
+        with self._times.phase(self._name):
+            return self._inner.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        with self._times.phase(self._name):
+            return self._inner.__exit__(*exc)
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -238,16 +382,41 @@ def split_digest(table: Any, splits: tuple[str, ...]) -> str:
 
 
 def step_params(params: Mapping[str, Any]) -> Params:
-    """The resolved configuration a KFP component receives, as :class:`Params`; sets up logging.
+    """The resolved configuration a KFP component receives, as :class:`Params`; sets up logging
+    and a quick process exit (:func:`exit_without_final_gc`).
 
     Every component receives the whole configuration resolved when the pipeline was compiled or
     submitted (one ``params`` parameter): no step sees defaults for sections it does not read.
+    Only components call it: a component's process runs one step and ends.
     """
     from cxrflow.config import params_from_kfp
     from cxrflow.logs import setup_logging
 
     setup_logging()
+    exit_without_final_gc()
     return params_from_kfp(params)
+
+
+def exit_without_final_gc() -> None:
+    """Skip the interpreter's last garbage collection when this process exits.
+
+    At exit CPython walks every object still alive looking for cycles to free; with TensorFlow,
+    MLflow and Great Expectations loaded that took 2 s per step on a quiet machine and 4-9 s
+    under load, about a sixth of ``make run``'s overhead (``bench/overhead.py``: a step's
+    teardown). Freezing the heap in the last exit handler (registered first, so every handler
+    registered later, e.g. MLflow's, still runs before it) leaves only that walk out: files
+    are closed and flushed by their owners and the exit status is unchanged.
+    """
+    import atexit
+    import gc
+
+    global _FINAL_GC_SKIPPED
+    if not _FINAL_GC_SKIPPED:
+        atexit.register(gc.freeze)
+        _FINAL_GC_SKIPPED = True
+
+
+_FINAL_GC_SKIPPED = False
 
 
 def new_pipeline_run_id() -> str:
@@ -267,10 +436,13 @@ def run_ingest(
     and labels everything ``origin=phantom``. With ``data.registry`` the sources are read at
     ``data.version`` from the registry's DVC remote.
     """
-    from cxrflow import tracking
-    from cxrflow.data.ingest import ingest
-    from cxrflow.data.manifest import manifest_hash, read_manifest
-    from cxrflow.data.synthetic import is_phantom
+    times = StepTimes("ingest")
+    with times.phase("imports"):
+        from cxrflow import tracking as tracking_module
+        from cxrflow.data.ingest import ingest
+        from cxrflow.data.manifest import manifest_hash, read_manifest
+        from cxrflow.data.synthetic import is_phantom
+    tracking = times.timed(tracking_module, "tracking")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +450,7 @@ def run_ingest(
     data = params.data
     dvc_hashes: dict[str, str] = {}
     commit = ""
-    with tempfile.TemporaryDirectory(prefix="cxrflow-raw-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cxrflow-raw-") as tmp, times.phase("data"):
         roots: dict[str, list[Path]]
         if data.registry is not None:
             from cxrflow.data.versions import materialize
@@ -328,11 +500,12 @@ def run_ingest(
     )
     write_json_atomic(out / PROVENANCE_FILE, asdict(prov))
     report_dict = _to_jsonable(report)
-    parent = _parent_run(params, prov, step="ingest")
-    tags = _data_tags(prov)
-    if tags:
-        tracking.set_tags(parent, tags)
-    _log_manifest(parent, prov, manifest)
+    with times.phase("tracking"):
+        parent = _parent_run(params, prov, step="ingest")
+        tags = _data_tags(prov)
+        if tags:
+            tracking.set_tags(parent, tags)
+        _log_manifest(parent, prov, manifest)
     for name in (
         "ingest_report.json",
         "quarantine.csv",
@@ -342,7 +515,9 @@ def run_ingest(
     ):
         if (out / name).is_file():
             tracking.log_artifact(parent, out / name, "ingest")
-    _step_done(parent, "ingest")
+    with times.phase("tracking"):
+        _step_done(parent, "ingest")
+    times.emit()
     emit_summary(
         "ingest",
         f"{report_dict['kept']} images kept of {report_dict['considered']} "
@@ -368,18 +543,25 @@ def run_validate(
     dataset), and raises ``DataValidationError`` (naming each failed expectation with
     examples) when the suite fails, so nothing trains on bad data.
     """
-    from cxrflow import tracking
-    from cxrflow.data.manifest import read_manifest
-    from cxrflow.data.validate import raise_on_failure, validate_manifest
+    times = StepTimes("validate")
+    with times.phase("imports"):
+        from cxrflow import tracking as tracking_module
+        from cxrflow.data.manifest import read_manifest
+        from cxrflow.data.validate import raise_on_failure, validate_manifest
+    tracking = times.timed(tracking_module, "tracking")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prov = read_provenance(dataset_dir)
-    df = read_manifest(dataset_dir)
-    summary = validate_manifest(df, params.validate, docs_dir=out / "data_docs")
+    with times.phase("data"):
+        df = read_manifest(dataset_dir)
+        summary = validate_manifest(df, params.validate, docs_dir=out / "data_docs")
     write_json_atomic(out / "validation.json", summary.to_dict())
     page = write_data_docs_page(out / "data_docs", out / DATA_DOCS_PAGE)
-    parent = _parent_run(params, prov, pipeline_run_id, step="validate", dataset_dir=dataset_dir)
+    with times.phase("tracking"):
+        parent = _parent_run(
+            params, prov, pipeline_run_id, step="validate", dataset_dir=dataset_dir
+        )
     tracking.log_artifact(parent, out / "validation.json", "validate")
     if page is not None:
         tracking.log_artifact(parent, page, "validate")
@@ -387,7 +569,9 @@ def run_validate(
         tracking.log_artifact(parent, out / "data_docs", "validate/data_docs")
     tracking.set_tags(parent, {"cxrflow.validate.success": str(summary.success)})
     raise_on_failure(summary)
-    _step_done(parent, "validate")
+    with times.phase("tracking"):
+        _step_done(parent, "validate")
+    times.emit()
     emit_summary("validate", f"{summary.evaluated} expectations passed on {len(df)} images")
     return summary.to_dict()
 
@@ -423,10 +607,13 @@ def run_split(
     are out of balance tolerance. Logs to the parent run of ``pipeline_run_id`` (default: the
     run that made the dataset).
     """
-    from cxrflow import tracking
-    from cxrflow.data.manifest import read_manifest
-    from cxrflow.data.split import split_manifest, write_splits
-    from cxrflow.data.validate import raise_on_failure, validate_splits
+    times = StepTimes("split")
+    with times.phase("imports"):
+        from cxrflow import tracking as tracking_module
+        from cxrflow.data.manifest import read_manifest
+        from cxrflow.data.split import split_manifest, write_splits
+        from cxrflow.data.validate import raise_on_failure, validate_splits
+    tracking = times.timed(tracking_module, "tracking")
 
     out = Path(out_dir)
     prov = read_provenance(dataset_dir)
@@ -436,23 +623,27 @@ def run_split(
         if report_path.is_file()
         else []
     )
-    tables, report = split_manifest(read_manifest(dataset_dir), params.split, links)
-    write_splits(tables, report, out)
-    parent = _parent_run(params, prov, pipeline_run_id, step="split", dataset_dir=dataset_dir)
+    with times.phase("data"):
+        tables, report = split_manifest(read_manifest(dataset_dir), params.split, links)
+        write_splits(tables, report, out)
+    with times.phase("tracking"):
+        parent = _parent_run(params, prov, pipeline_run_id, step="split", dataset_dir=dataset_dir)
     tracking.log_artifact(parent, out / "split_report.json", "split")
     summaries = {}
     for name, table in tables.items():
         # Dataset_1 is checked against its undersampling targets; a capped Dataset_0 against
         # its mean class count; an uncapped Dataset_0 keeps the paper's natural imbalance.
         targets = dict(params.split.dataset_1_counts) if name == "dataset_1" else None
-        summary = validate_splits(
-            table,
-            params.validate,
-            docs_dir=out / f"data_docs_{name}",
-            class_counts_expected=targets,
-            # the paper keeps Dataset_0's natural imbalance unless it is capped
-            check_balance=name == "dataset_1" or params.split.dataset_0_max_per_class is not None,
-        )
+        with times.phase("data"):
+            summary = validate_splits(
+                table,
+                params.validate,
+                docs_dir=out / f"data_docs_{name}",
+                class_counts_expected=targets,
+                # the paper keeps Dataset_0's natural imbalance unless it is capped
+                check_balance=name == "dataset_1"
+                or params.split.dataset_0_max_per_class is not None,
+            )
         summaries[name] = summary.to_dict()
         write_json_atomic(out / f"validation_{name}.json", summaries[name])
         tracking.log_artifact(parent, out / f"validation_{name}.json", "split")
@@ -466,7 +657,9 @@ def run_split(
                 if v
             },
         )
-    _step_done(parent, "split")
+    with times.phase("tracking"):
+        _step_done(parent, "split")
+    times.emit()
     figures = []
     for ds, per_split in report.counts.items():
         sizes = " / ".join(f"{sp} {sum(c.values())}" for sp, c in per_split.items())
@@ -500,21 +693,27 @@ def run_train(
     Writes ``model.keras``, ``history.json`` and ``model_info.json`` (incl. the MLflow model
     URI) to ``out_dir``. Training checkpoints every epoch (:func:`checkpoint_dir`, with
     ``checkpoint_volume``) and resumes from the checkpoint a killed attempt of the same
-    pipeline run left, in the same nested MLflow run.
+    pipeline run left, in the same nested MLflow run. The train and val images are decoded
+    once into a temporary file (``$TMPDIR``, 50 KB an image at 224 px, removed at the end)
+    and streamed from it a batch at a time, so memory does not grow with the dataset. Ends
+    with a timing line (:class:`StepTimes`).
 
     Args:
         pipeline_run_id: The current pipeline run (default: the run that made the dataset).
         checkpoint_volume: The cluster's checkpoint volume mount, used where it is mounted.
     """
-    import keras
-    import numpy as np
+    times = StepTimes(model_key)
+    with times.phase("imports"):
+        import keras
+        import numpy as np
 
-    from cxrflow import tracking
-    from cxrflow.config import check_model_key
-    from cxrflow.data.split import read_split_table
-    from cxrflow.datasets import load_arrays
-    from cxrflow.models import get_architecture
-    from cxrflow.train import train_model
+        from cxrflow import tracking as tracking_module
+        from cxrflow.config import check_model_key
+        from cxrflow.data.split import read_split_table
+        from cxrflow.datasets import write_split_cache
+        from cxrflow.models import get_architecture
+        from cxrflow.train import train_model
+    tracking = times.timed(tracking_module, "tracking")
 
     spec = check_model_key(params, model_key)
     arch = get_architecture(spec.architecture)
@@ -524,118 +723,132 @@ def run_train(
     prov = read_provenance(dataset_dir)
     table = read_split_table(splits_dir, spec.dataset)
     size = params.train.image_size
-    x_tr, y_tr = load_arrays(dataset_dir, table, "train", classes, size)
-    x_va, y_va = load_arrays(dataset_dir, table, "val", classes, size)
-    log.info("%s: %d train / %d val images of %s", model_key, len(x_tr), len(x_va), spec.dataset)
-    base = None
-    if spec.base_model_key is not None:
-        if base_model_dir is None:
-            raise ValueError(
-                f"{model_key}: init={spec.init} needs the trained {spec.init} "
-                f"(--base-model {spec.init}'s output directory)"
-            )
-        base = keras.models.load_model(Path(base_model_dir) / MODEL_FILE)
+    # Each image is decoded once, to a file that training reads a batch at a time: memory
+    # stays flat however large the split (bench/input_pipeline.py measures both forms).
+    with tempfile.TemporaryDirectory(prefix="cxrflow-images-") as cache:
+        with times.phase("data"):
+            x_tr, y_tr = write_split_cache(dataset_dir, table, "train", classes, size, cache)
+            x_va, y_va = write_split_cache(dataset_dir, table, "val", classes, size, cache)
+        log.info(
+            "%s: %d train / %d val images of %s", model_key, len(x_tr), len(x_va), spec.dataset
+        )
+        base = None
+        if spec.base_model_key is not None:
+            if base_model_dir is None:
+                raise ValueError(
+                    f"{model_key}: init={spec.init} needs the trained {spec.init} "
+                    f"(--base-model {spec.init}'s output directory)"
+                )
+            with times.phase("model_io"):
+                base = keras.models.load_model(Path(base_model_dir) / MODEL_FILE)
 
-    run_key = pipeline_run_id or prov.pipeline_run_id
-    parent = _parent_run(params, prov, run_key, step=model_key, dataset_dir=dataset_dir)
-    tags = {
-        **_common_tags(params, prov),
-        "cxrflow.dataset": spec.dataset,
-        "cxrflow.architecture": spec.architecture,
-        "cxrflow.init": spec.init,
-        tracking.TAG_PRETRAINED: (spec.weights_path or "NONE (random init)")
-        if spec.init_kind == "imagenet"
-        else spec.init,
-    }
-    with tracking.model_run(
-        params.tracking.experiment_name,
-        parent,
-        run_key,
-        model_key,
-        tags,
-        flatten_params(params),
-    ) as run_id:
-        if spec.init_kind == "imagenet" and not spec.weights_path:
-            tracking.set_tags(
+        run_key = pipeline_run_id or prov.pipeline_run_id
+        with times.phase("tracking"):
+            parent = _parent_run(params, prov, run_key, step=model_key, dataset_dir=dataset_dir)
+            tags = {
+                **_common_tags(params, prov),
+                "cxrflow.dataset": spec.dataset,
+                "cxrflow.architecture": spec.architecture,
+                "cxrflow.init": spec.init,
+                tracking.TAG_PRETRAINED: (spec.weights_path or "NONE (random init)")
+                if spec.init_kind == "imagenet"
+                else spec.init,
+            }
+        with tracking.model_run(
+            params.tracking.experiment_name,
+            parent,
+            run_key,
+            model_key,
+            tags,
+            flatten_params(params),
+        ) as run_id:
+            if spec.init_kind == "imagenet" and not spec.weights_path:
+                tracking.set_tags(
+                    run_id,
+                    {
+                        "cxrflow.warning": f"{spec.architecture} trained WITHOUT ImageNet "
+                        f"weights (models.{model_key}.weights_path is null)"
+                    },
+                )
+            if spec.weights_path:
+                from cxrflow.data.manifest import file_sha256
+
+                tracking.set_tags(
+                    run_id, {"cxrflow.pretrained_weights_sha256": file_sha256(spec.weights_path)}
+                )
+            tracking.log_dataset(
+                run_id,
+                f"{spec.dataset}/train+val",
+                split_digest(table, ("train", "val")),
+                {**_data_source(prov), "manifest_hash": prov.manifest_hash},
+                {"train": len(x_tr), "val": len(x_va), "classes": list(classes)},
+                "training",
+            )
+            epochs_max = params.train.epochs
+
+            class _Progress(keras.callbacks.Callback):  # type: ignore[misc]
+                def __init__(self, phase: str, offset: int) -> None:
+                    super().__init__()
+                    self.phase, self.offset = phase, offset
+
+                def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+                    figures = " ".join(
+                        f"{k}={float(v):.4f}"
+                        for k, v in (logs or {}).items()
+                        if k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                    )
+                    emit_progress(
+                        model_key, f"{self.phase} epoch {epoch + 1}/{epochs_max} {figures}"
+                    )
+
+            def cb(phase: str, offset: int) -> list[Any]:
+                logger = tracking.make_epoch_logger(run_id, phase, offset)
+                return [times.callback(logger, "tracking"), _Progress(phase, offset)]
+
+            t0 = time.perf_counter()
+            ckpt = checkpoint_dir(params, run_key, model_key, out, checkpoint_volume)
+            with times.phase("compute"):
+                result = train_model(
+                    spec,
+                    params.train,
+                    classes,
+                    (x_tr, y_tr, x_va, y_va),
+                    base,
+                    cb,
+                    verbose,
+                    checkpoint_dir=ckpt,
+                    model_key=model_key,
+                )
+            train_s = time.perf_counter() - t0
+            if result.resumed_from_epoch:
+                tracking.set_tags(run_id, {"cxrflow.resumed_from_epoch": result.resumed_from_epoch})
+            with times.phase("model_io"):
+                result.model.save(out / MODEL_FILE)
+            write_json_atomic(
+                out / "history.json", {"history": result.history, "phases": result.phases}
+            )
+            tracking.log_metrics(
                 run_id,
                 {
-                    "cxrflow.warning": f"{spec.architecture} trained WITHOUT ImageNet weights "
-                    f"(models.{model_key}.weights_path is null)"
+                    "train_seconds": train_s,
+                    "epochs_total": float(len(result.history.get("loss", []))),
+                    "n_train": float(len(x_tr)),
+                    "n_val": float(len(x_va)),
+                    "cxrflow.time.data_s": times.seconds.get("data", 0.0),
                 },
             )
-        if spec.weights_path:
-            from cxrflow.data.manifest import file_sha256
-
-            tracking.set_tags(
-                run_id, {"cxrflow.pretrained_weights_sha256": file_sha256(spec.weights_path)}
+            tracking.log_artifact(run_id, out / "history.json")
+            model_uri = tracking.log_keras_model(
+                result.model,
+                "model",
+                x_tr[:2].astype(np.float32),
+                {
+                    "classes": list(classes),
+                    "image_size": size,
+                    "model_key": model_key,
+                    "preprocessing": arch.preprocessing,
+                },
             )
-        tracking.log_dataset(
-            run_id,
-            f"{spec.dataset}/train+val",
-            split_digest(table, ("train", "val")),
-            {**_data_source(prov), "manifest_hash": prov.manifest_hash},
-            {"train": len(x_tr), "val": len(x_va), "classes": list(classes)},
-            "training",
-        )
-        epochs_max = params.train.epochs
-
-        class _Progress(keras.callbacks.Callback):  # type: ignore[misc]
-            def __init__(self, phase: str, offset: int) -> None:
-                super().__init__()
-                self.phase, self.offset = phase, offset
-
-            def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-                figures = " ".join(
-                    f"{k}={float(v):.4f}"
-                    for k, v in (logs or {}).items()
-                    if k in ("loss", "accuracy", "val_loss", "val_accuracy")
-                )
-                emit_progress(model_key, f"{self.phase} epoch {epoch + 1}/{epochs_max} {figures}")
-
-        def cb(phase: str, offset: int) -> list[Any]:
-            return [tracking.make_epoch_logger(run_id, phase, offset), _Progress(phase, offset)]
-
-        t0 = time.perf_counter()
-        ckpt = checkpoint_dir(params, run_key, model_key, out, checkpoint_volume)
-        result = train_model(
-            spec,
-            params.train,
-            classes,
-            (x_tr, y_tr, x_va, y_va),
-            base,
-            cb,
-            verbose,
-            checkpoint_dir=ckpt,
-            model_key=model_key,
-        )
-        train_s = time.perf_counter() - t0
-        if result.resumed_from_epoch:
-            tracking.set_tags(run_id, {"cxrflow.resumed_from_epoch": result.resumed_from_epoch})
-        result.model.save(out / MODEL_FILE)
-        write_json_atomic(
-            out / "history.json", {"history": result.history, "phases": result.phases}
-        )
-        tracking.log_metrics(
-            run_id,
-            {
-                "train_seconds": train_s,
-                "epochs_total": float(len(result.history.get("loss", []))),
-                "n_train": float(len(x_tr)),
-                "n_val": float(len(x_va)),
-            },
-        )
-        tracking.log_artifact(run_id, out / "history.json")
-        model_uri = tracking.log_keras_model(
-            result.model,
-            "model",
-            x_tr[:2].astype(np.float32),
-            {
-                "classes": list(classes),
-                "image_size": size,
-                "model_key": model_key,
-                "preprocessing": arch.preprocessing,
-            },
-        )
     info = {
         "model_key": model_key,
         "classes": list(classes),
@@ -653,8 +866,10 @@ def run_train(
     # the model is saved and logged: the per-epoch checkpoint (hundreds of MB for ResNet-50)
     # must not become part of the step's output
     shutil.rmtree(ckpt, ignore_errors=True)
-    _step_done(parent, model_key)
+    with times.phase("tracking"):
+        _step_done(parent, model_key)
     val_acc = result.history.get("val_accuracy") or [float("nan")]
+    times.emit()
     emit_summary(
         model_key,
         f"{len(result.history.get('loss', []))} epochs, best val_accuracy {max(val_acc):.3f} "
@@ -724,14 +939,17 @@ def run_evaluate(
     on the same images. Writes ``metrics.json``, ``mcnemar.json``, ``plots/`` and
     ``summary.md``; logs metrics and plots to each model's nested run.
     """
-    import keras
-    import numpy as np
+    times = StepTimes("evaluate")
+    with times.phase("imports"):
+        import keras
+        import numpy as np
 
-    from cxrflow import tracking
-    from cxrflow.evaluate import evaluate_model, flat_metrics
-    from cxrflow.gradcam import gradcam_grid
-    from cxrflow.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
-    from cxrflow.stats import mcnemar_pairs
+        from cxrflow import tracking as tracking_module
+        from cxrflow.evaluate import evaluate_model, flat_metrics
+        from cxrflow.gradcam import gradcam_grid
+        from cxrflow.plots import plot_confusion, plot_reliability, plot_roc, plot_training_curves
+        from cxrflow.stats import mcnemar_pairs
+    tracking = times.timed(tracking_module, "tracking")
 
     ep = params.evaluate
     out = Path(out_dir)
@@ -739,7 +957,8 @@ def run_evaluate(
     plots.mkdir(parents=True, exist_ok=True)
     prov = read_provenance(dataset_dir)
     run_key = pipeline_run_id or prov.pipeline_run_id
-    parent = _parent_run(params, prov, run_key, step="evaluate", dataset_dir=dataset_dir)
+    with times.phase("tracking"):
+        parent = _parent_run(params, prov, run_key, step="evaluate", dataset_dir=dataset_dir)
     results: dict[str, Any] = {}
     tests: dict[tuple[str, int], TestSplit] = {}
     for key in sorted(model_dirs):
@@ -749,44 +968,49 @@ def run_evaluate(
         dataset = info["dataset"]
         size = int(info["image_size"])
         if (dataset, size) not in tests:
-            tests[dataset, size] = load_test_split(dataset_dir, splits_dir, dataset, classes, size)
+            with times.phase("data"):
+                tests[dataset, size] = load_test_split(
+                    dataset_dir, splits_dir, dataset, classes, size
+                )
         test = tests[dataset, size]
-        model = keras.models.load_model(mdir / MODEL_FILE)
-        metrics, proba = evaluate_model(model, test.x, test.y, classes, test.groups, ep)
-        title = f"{key} on {dataset} test (n={metrics['n_test']})"
-        pngs = [
-            plot_confusion(
-                metrics["confusion_matrix"], classes, title, plots / f"confusion_{key}.png"
-            ),
-            plot_roc(test.y, proba, classes, title, plots / f"roc_{key}.png"),
-            plot_reliability(
-                test.y, proba, ep.calibration_bins, title, plots / f"reliability_{key}.png"
-            ),
-        ]
-        history_file = mdir / "history.json"
-        if history_file.is_file():
-            hist = json.loads(history_file.read_text())
-            pngs.append(
-                plot_training_curves(
-                    hist["history"],
-                    hist["phases"],
-                    f"{key} training",
-                    plots / f"training_{key}.png",
+        with times.phase("model_io"):
+            model = keras.models.load_model(mdir / MODEL_FILE)
+        with times.phase("compute"):  # the evaluation itself: metrics, plots, Grad-CAM
+            metrics, proba = evaluate_model(model, test.x, test.y, classes, test.groups, ep)
+            title = f"{key} on {dataset} test (n={metrics['n_test']})"
+            pngs = [
+                plot_confusion(
+                    metrics["confusion_matrix"], classes, title, plots / f"confusion_{key}.png"
+                ),
+                plot_roc(test.y, proba, classes, title, plots / f"roc_{key}.png"),
+                plot_reliability(
+                    test.y, proba, ep.calibration_bins, title, plots / f"reliability_{key}.png"
+                ),
+            ]
+            history_file = mdir / "history.json"
+            if history_file.is_file():
+                hist = json.loads(history_file.read_text())
+                pngs.append(
+                    plot_training_curves(
+                        hist["history"],
+                        hist["phases"],
+                        f"{key} training",
+                        plots / f"training_{key}.png",
+                    )
                 )
-            )
-        if ep.gradcam_per_class > 0:
-            pngs.append(
-                gradcam_grid(
-                    model,
-                    test.x,
-                    test.y,
-                    classes,
-                    ep.gradcam_per_class,
-                    ep.seed,
-                    f"{key}: Grad-CAM on test images",
-                    plots / f"gradcam_{key}.png",
+            if ep.gradcam_per_class > 0:
+                pngs.append(
+                    gradcam_grid(
+                        model,
+                        test.x,
+                        test.y,
+                        classes,
+                        ep.gradcam_per_class,
+                        ep.seed,
+                        f"{key}: Grad-CAM on test images",
+                        plots / f"gradcam_{key}.png",
+                    )
                 )
-            )
         metrics.update(
             model_key=key,
             dataset=dataset,
@@ -832,9 +1056,16 @@ def run_evaluate(
     (out / "summary.md").write_text(format_summary(results, pairs))
     for name in (METRICS_FILE, MCNEMAR_FILE, "summary.md"):
         tracking.log_artifact(parent, out / name, "evaluate")
-    for key, m in results.items():
-        tracking.log_metrics(parent, {f"{key}.{k}": v for k, v in flat_metrics(m).items()})
-    _step_done(parent, "evaluate")
+    tracking.log_metrics(
+        parent,
+        {
+            **{f"{key}.{k}": v for key, m in results.items() for k, v in flat_metrics(m).items()},
+            "cxrflow.time.evaluate.compute_s": times.seconds.get("compute", 0.0),
+        },
+    )
+    with times.phase("tracking"):
+        _step_done(parent, "evaluate")
+    times.emit()
     if results:
         best = max(results, key=lambda k: results[k]["f1_macro"])
         ci = results[best]["f1_macro_ci"]
@@ -912,8 +1143,11 @@ def run_register(
     The decision is recorded on the parent run of ``pipeline_run_id`` (default: the run
     named in the evaluation's metrics).
     """
-    from cxrflow import tracking
-    from cxrflow.register import CHAMPION, decide_promotion
+    times = StepTimes("register")
+    with times.phase("imports"):
+        from cxrflow import tracking as tracking_module
+        from cxrflow.register import CHAMPION, decide_promotion
+    tracking = times.timed(tracking_module, "tracking")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1013,7 +1247,9 @@ def run_register(
                 "cxrflow.promotion_reason": decision.reason[:4900],
             },
         )
-        _step_done(parent, "register")
+        with times.phase("tracking"):
+            _step_done(parent, "register")
+    times.emit()
     emit_summary(
         "register",
         f"{key} -> models:/{rp.model_name}@{alias} (version {version}): {decision.reason}",
@@ -1038,21 +1274,26 @@ def run_audit(
     thresholds (:func:`cxrflow.audit.audit_verdict`). Writes ``audit.json`` and the mask
     picture; logs the figures and the verdict to each model's nested run.
     """
-    import keras
+    times = StepTimes("audit")
+    with times.phase("imports"):
+        import keras
 
-    from cxrflow import tracking
-    from cxrflow.audit import audit_model, control_arrays, plot_mask
-    from cxrflow.data.manifest import read_manifest
-    from cxrflow.data.split import read_split_table
+        from cxrflow import tracking as tracking_module
+        from cxrflow.audit import audit_model, control_arrays, plot_mask
+        from cxrflow.data.manifest import read_manifest
+        from cxrflow.data.split import read_split_table
+    tracking = times.timed(tracking_module, "tracking")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prov = read_provenance(dataset_dir)
-    parent = _parent_run(params, prov, pipeline_run_id, step="audit", dataset_dir=dataset_dir)
+    with times.phase("tracking"):
+        parent = _parent_run(params, prov, pipeline_run_id, step="audit", dataset_dir=dataset_dir)
     results: dict[str, Any] = {}
     if not params.audit.enabled:
         write_json_atomic(out / AUDIT_FILE, results)
         _step_done(parent, "audit")
+        times.emit()
         emit_summary("audit", "disabled (audit.enabled: false): nothing audited")
         return results
     manifest = read_manifest(dataset_dir)
@@ -1063,24 +1304,27 @@ def run_audit(
         info = json.loads((mdir / MODEL_INFO_FILE).read_text())
         classes = list(info["classes"])
         dataset, size = info["dataset"], int(info["image_size"])
-        test = load_test_split(dataset_dir, splits_dir, dataset, classes, size)
-        if (dataset, size) not in controls_cache:
-            controls_cache[dataset, size] = control_arrays(
-                dataset_dir, manifest, size, read_split_table(splits_dir, dataset)
+        with times.phase("data"):
+            test = load_test_split(dataset_dir, splits_dir, dataset, classes, size)
+            if (dataset, size) not in controls_cache:
+                controls_cache[dataset, size] = control_arrays(
+                    dataset_dir, manifest, size, read_split_table(splits_dir, dataset)
+                )
+        with times.phase("model_io"):
+            model = keras.models.load_model(mdir / MODEL_FILE)
+        with times.phase("compute"):
+            result = audit_model(
+                model,
+                x_test=test.x,
+                y_test=test.y,
+                groups_test=list(test.groups),
+                sources_test=list(test.sources),
+                classes=classes,
+                params=params.audit,
+                seed=ep.seed,
+                n_boot=ep.bootstrap_samples,
+                **controls_cache[dataset, size],
             )
-        model = keras.models.load_model(mdir / MODEL_FILE)
-        result = audit_model(
-            model,
-            x_test=test.x,
-            y_test=test.y,
-            groups_test=list(test.groups),
-            sources_test=list(test.sources),
-            classes=classes,
-            params=params.audit,
-            seed=ep.seed,
-            n_boot=ep.bootstrap_samples,
-            **controls_cache[dataset, size],
-        )
         result["figures"] = audit_figures(result)
         results[key] = result
         tracking.log_metrics(
@@ -1102,7 +1346,9 @@ def run_audit(
     tracking.log_artifact(parent, out / AUDIT_FILE, "audit")
     passed = [k for k, r in results.items() if r["passed"]]
     tracking.set_tags(parent, {"cxrflow.audit.passed": ",".join(passed) or "none"})
-    _step_done(parent, "audit")
+    with times.phase("tracking"):
+        _step_done(parent, "audit")
+    times.emit()
     emit_summary(
         "audit",
         "; ".join(f"{k} {'passed' if r['passed'] else 'FAILED'}" for k, r in results.items())
@@ -1215,7 +1461,10 @@ def run_finalize(
         state: The pipeline's final state as KFP reports it (``SUCCEEDED``, ``FAILED``...).
         error: The error message KFP reports, if any.
     """
-    from cxrflow import tracking
+    times = StepTimes("finalize")
+    with times.phase("imports"):
+        from cxrflow import tracking as tracking_module
+    tracking = times.timed(tracking_module, "tracking")
 
     exp = params.tracking.experiment_name
     parent = tracking.find_parent_run(exp, pipeline_run_id)
@@ -1241,6 +1490,7 @@ def run_finalize(
     stale = tracking.fail_running_children(exp, pipeline_run_id)
     status = "FINISHED" if succeeded else "FAILED"
     tracking.end_run(parent, status)
+    times.emit()
     emit_summary(
         "finalize",
         f"MLflow parent run {parent} {status}"

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from cxrflow.config import ModelSpec, TrainParams
-from cxrflow.datasets import class_weights, make_tf_dataset
+from cxrflow.datasets import DiskImages, ImageArray, class_weights, make_tf_dataset
 from cxrflow.jsonio import write_json_atomic
 from cxrflow.models import (
     freeze_all_but_classifier,
@@ -122,7 +122,7 @@ def _fingerprint(
     spec: Any,
     params: TrainParams,
     classes: Sequence[str],
-    data: Sequence[np.ndarray],
+    data: Sequence[ImageArray],
     base_model: Any | None,
 ) -> str:
     """Digest of everything that makes a checkpoint resumable: config, data and base weights."""
@@ -131,6 +131,9 @@ def _fingerprint(
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     arrays = list(data) + ([] if base_model is None else list(base_model.get_weights()))
     for a in arrays:
+        if isinstance(a, DiskImages):  # its content digest, taken as it was written
+            h.update(f"disk{a.dtype}{a.shape}{a.digest}".encode())
+            continue
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.data)
@@ -446,7 +449,7 @@ def train_model(
     spec: ModelSpec,
     params: TrainParams,
     classes: Sequence[str],
-    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    data: tuple[ImageArray, np.ndarray, ImageArray, np.ndarray],
     base_model: Any | None = None,
     callbacks: CallbackFactory | None = None,
     verbose: int = 2,
@@ -460,7 +463,9 @@ def train_model(
             allow_random_init).
         params: Training hyper-parameters.
         classes: Class names, in output order.
-        data: ``(x_train, y_train, x_val, y_val)``; x uint8 ``(n, s, s, 1)``, y int indices.
+        data: ``(x_train, y_train, x_val, y_val)``; x uint8 ``(n, s, s, 1)``, in memory or
+            decoded on disk (:func:`cxrflow.datasets.write_split_cache`: streamed a batch at
+            a time, the same batches), y int indices.
         base_model: The trained model named by ``spec.init`` (a Keras model of the same
             architecture) when ``spec.init`` is neither ``scratch`` nor ``imagenet``.
         callbacks: Factory of extra callbacks per phase (see :data:`CallbackFactory`).
