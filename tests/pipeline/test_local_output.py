@@ -108,6 +108,7 @@ def test_each_step_log_holds_its_full_output(quiet_run) -> None:
     result, _ = quiet_run
     assert sorted(p.name for p in result.log_dir.iterdir()) == [
         "pipeline.log",
+        "steps.json",
         "prepare.log",
         "train.log",
     ]
