@@ -108,8 +108,8 @@ def test_each_step_log_holds_its_full_output(quiet_run) -> None:
     result, _ = quiet_run
     assert sorted(p.name for p in result.log_dir.iterdir()) == [
         "pipeline.log",
-        "steps.json",
         "prepare.log",
+        "steps.json",
         "train.log",
     ]
     prepare_log = (result.log_dir / "prepare.log").read_text()
