@@ -104,6 +104,7 @@ def breakdown(wall: float, steps_doc: Mapping[str, Any]) -> dict[str, Any]:
             parts[name] += ph.pop(name, 0.0)
         parts["other_in_steps"] += sum(ph.values())
         row.update(
+            warm=bool(t.get("warm")),  # forked from the runner's warm server (pipelines/warm.py)
             compute=c,
             process_start_imports=process,
             dispatch=dispatch,
@@ -124,6 +125,7 @@ def breakdown(wall: float, steps_doc: Mapping[str, Any]) -> dict[str, Any]:
         "infrastructure_share": (
             (wall - compute_total - parts["data"]) / wall if wall > 0 else None
         ),
+        "warm_steps": sum(1 for r in per_step if r.get("warm")),
         "steps": per_step,
     }
 

@@ -6,6 +6,12 @@ settings are ignored locally (kfp.local's own cache stays off). The run's id is 
 ``CXRFLOW_PIPELINE_RUN_ID`` (:data:`cxrflow.steps.PIPELINE_RUN_ENV`) is set to a fresh local id
 for every step, so all of them log to one MLflow parent run, as a cluster run's do.
 
+Steps start warm (:mod:`pipelines.warm`): a server started with the run imports TensorFlow,
+Keras, MLflow and cxrflow once and forks each step from there, instead of kfp.local's fresh
+interpreter per step; the command, environment, working directory and output of every step are
+the ones kfp.local gives it. ``CXRFLOW_WARM=0`` turns this off. The server's log is kept as
+``runs/<run>/warm-server.log``.
+
 Where things go, for ``pipeline_root=runs/kfp`` (the CLI default):
 
 - ``runs/kfp/<run>/<task>/...``: the steps' outputs, as kfp.local lays them out; ``<run>`` is
@@ -35,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipelines import warm
 from pipelines.progress import (
     LocalStepError,
     RunConsole,
@@ -126,20 +133,23 @@ def run_local(
     started = time.monotonic()
     started_at = time.time()
     failure: RuntimeError | None = None
-    try:
-        with _environ(env), _captured(console):
-            try:
-                task = pipeline_func(**arguments)
-            except RuntimeError as exc:
-                if console.failed_step() is None:
-                    raise
-                failure = exc
-    finally:
-        console.close()
-        run_name = console.run_name or _new_run(root, before, pipeline_name)
-        if run_name:
-            console.move_to(logs / run_name)
-        _write_steps(console, started_at)
+    with warm.started(env) as server:
+        try:
+            with _environ(env), _captured(console):
+                try:
+                    task = pipeline_func(**arguments)
+                except RuntimeError as exc:
+                    if console.failed_step() is None:
+                        raise
+                    failure = exc
+        finally:
+            console.close()
+            run_name = console.run_name or _new_run(root, before, pipeline_name)
+            if run_name:
+                console.move_to(logs / run_name)
+            _write_steps(console, started_at)
+            if server is not None:
+                server.keep_log(console.log_dir)
     run_name = run_name or console.log_dir.name
     failed = console.failed_step()
     if failure is not None and failed is not None:

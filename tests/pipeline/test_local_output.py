@@ -111,6 +111,7 @@ def test_each_step_log_holds_its_full_output(quiet_run) -> None:
         "prepare.log",
         "steps.json",
         "train.log",
+        "warm-server.log",
     ]
     prepare_log = (result.log_dir / "prepare.log").read_text()
     for noise in NOISE:

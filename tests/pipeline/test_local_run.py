@@ -90,6 +90,23 @@ def test_all_steps_ran_and_metrics_exist(local_run: dict) -> None:
         assert (local_run["out"].log_dir / f"{step}.log").is_file(), step
 
 
+def test_steps_started_warm_without_importing_again(local_run: dict) -> None:
+    from pipelines.warm import status_of
+
+    log_dir = local_run["out"].log_dir
+    status = status_of(log_dir / "warm-server.log")
+    assert status is not None and status["serving"] is True, status
+    assert {"tensorflow", "mlflow", "cxrflow.steps"} <= set(status["preloaded"])
+    doc = json.loads((log_dir / "steps.json").read_text())
+    timing = {s["name"]: s.get("timing") or {} for s in doc["steps"]}
+    warm = {name for name, t in timing.items() if t.get("warm")}
+    # the data steps may start before the server has its imports (they then start cold)
+    assert {"evaluate", "audit", "register", "finalize"} <= warm, timing
+    for name in warm:
+        assert timing[name]["phases"].get("imports", 0.0) < 0.5, (name, timing[name])
+    # and the results are those of the same steps: every step ran and succeeded (above)
+
+
 def test_one_configuration_one_hash_on_every_run(local_run: dict) -> None:
     """Parent and nested runs log the same params, equal to the resolved configuration."""
     _, parents, models = _runs(local_run["uri"])
