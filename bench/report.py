@@ -22,6 +22,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+OTHER_MACHINE = ("gpu",)
+"""Benchmarks run elsewhere (``bench/gpu.sh``): not expected here, not in the header's hardware."""
 EXPECTED = ("inference", "input_pipeline", "overhead", "ingest_scale")
 """The benchmarks ``make bench`` runs, in table order (bench/run.py)."""
 
@@ -240,7 +242,42 @@ def rows_generic(doc: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_gpu(doc: Mapping[str, Any]) -> list[Row]:
+    """``bench/gpu.sh`` (another machine): training img/s fp32 vs mixed precision, latency."""
+    device = doc.get("device") or "GPU"
+    cpus = (doc.get("machine") or {}).get("cpus")
+    where = f"on {device}" + (f" ({cpus} CPUs)" if cpus else "") + f", {str(doc.get('when'))[:10]}"
+    rows: list[Row] = []
+    for arch, m in doc["models"].items():
+        for key, speedup in m["mixed_speedup_train"].items():
+            fp32 = m["train"][f"float32_{key}"]["images_per_s"]
+            mixed = m["train"][f"mixed_float16_{key}"]["images_per_s"]
+            rows.append(
+                (
+                    f"{arch} training img/s {key.replace('batch', 'batch ')}, fp32 / mixed "
+                    f"precision {where}",
+                    f"{_num(fp32)} / {_num(mixed)} ({_num(speedup, 2)}x)",
+                    "",
+                    "",
+                )
+            )
+        inf = m["inference"]
+        rows.append(
+            (
+                f"{arch} inference ms/image at batch 1 (batched), fp32 / mixed {where}",
+                f"{_num(inf['float32']['batch1_mean_ms'], 2)} "
+                f"({_num(inf['float32']['batched_mean_ms'], 2)}) / "
+                f"{_num(inf['mixed_float16']['batch1_mean_ms'], 2)} "
+                f"({_num(inf['mixed_float16']['batched_mean_ms'], 2)})",
+                "",
+                "",
+            )
+        )
+    return rows
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[Row]]] = {
+    "gpu": rows_gpu,
     "inference": rows_inference,
     "input_pipeline": rows_input_pipeline,
     "overhead": rows_overhead,
@@ -280,8 +317,11 @@ def render(
             f"`{name}` failed in this run ({how}); "
             + ("its rows are from its JSON as it stands." if name in results else "no rows.")
         )
-    machines = [d.get("machine") or {} for d in results.values()]
-    whens = sorted(str(d["when"]) for d in results.values() if d.get("when"))
+    # the GPU benchmark runs on another machine: its rows name it; the header is this one's
+    machines = [d.get("machine") or {} for n, d in results.items() if n not in OTHER_MACHINE]
+    whens = sorted(
+        str(d["when"]) for n, d in results.items() if d.get("when") and n not in OTHER_MACHINE
+    )
     hw = _hardware(machines)
     load = _load(machines)
     busy = f" (1-minute load average up to {load:.1f} while they ran)" if load else ""

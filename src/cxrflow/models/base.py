@@ -13,7 +13,9 @@ import abc
 from typing import Any, ClassVar, Final
 
 CLASSIFIER_LAYER: Final = "classifier"
-"""Name of the final softmax layer of every architecture (replaced on transfer)."""
+"""Name of the final softmax layer of every architecture (replaced on transfer). It is always
+built with ``dtype="float32"``, so that under a ``mixed_float16`` policy (``bench/gpu.py``) the
+softmax and the loss stay in float32, as Keras' mixed-precision guide asks."""
 
 INIT_KINDS: Final = ("scratch", "imagenet", "transfer")
 """How a model's weights can start. ``transfer`` = from another trained model of this project."""
@@ -200,7 +202,9 @@ def replace_classifier(model: Any, n_classes: int) -> Any:
     from keras import layers
 
     features = model.get_layer(CLASSIFIER_LAYER).input
-    outputs = layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER)(features)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name=CLASSIFIER_LAYER)(
+        features
+    )
     # model.input (not .inputs): a single-input model stays single-input, as build() made it
     return keras.Model(model.input, outputs, name=model.name)
 

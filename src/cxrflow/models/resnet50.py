@@ -57,7 +57,9 @@ def build_resnet50(image_size: int, n_classes: int, weights_path: str | None = N
         base.load_weights(weights_path)
     # training=False keeps BatchNorm in inference mode during fine-tuning (keras-io guide).
     x = base(x, training=False)
-    outputs = layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name=CLASSIFIER_LAYER)(
+        x
+    )
     return keras.Model(inputs, outputs, name=MODEL_NAME)
 
 

@@ -27,7 +27,9 @@ def build_small_cnn(image_size: int, n_classes: int) -> Any:
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(0.5, name="dropout")(x)
     x = layers.Dense(128, activation="relu", name="dense")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name=CLASSIFIER_LAYER)(
+        x
+    )
     return keras.Model(inputs, outputs, name=MODEL_NAME)
 
 
