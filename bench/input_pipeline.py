@@ -7,8 +7,9 @@ Measured in this process, one after the other, at the paper's 224 px and batch 2
   to disk (what a training step does first), the streamed epochs read back from that file
   (what training consumes), and today's in-memory arrays;
 - consumed: images/s of the training step of Model_0's architecture (``small_cnn``) fed
-  pre-materialised batches from memory, and fed by the streamed pipeline (the step never waits
-  for input when both rates agree);
+  pre-materialised batches from memory, and fed by the streamed pipeline, taking turns round
+  by round (the step never waits for input when both rates agree: stall = 1 - the median
+  per-round ratio);
 - headroom = produced / consumed for the pipeline training uses (target >= 3).
 
 Then, each in a fresh subprocess: peak RSS of a few training steps on a Dataset_0-sized split
@@ -140,12 +141,32 @@ def _model() -> Any:
     return model
 
 
-def _fit_rate(model: Any, ds: Any, steps: int) -> float:
-    """Images/s of ``steps`` training steps on ``ds`` (after one warm-up epoch)."""
-    model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)  # trace, build
-    t0 = time.perf_counter()
-    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-    return _rate(steps * BATCH, time.perf_counter() - t0)
+ROUNDS = 5
+"""The two ways of feeding a step take turns this many times (see :func:`_paired_fit_rates`)."""
+
+
+def _paired_fit_rates(model: Any, feeds: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Images/s of training steps fed by each dataset in ``feeds``, taking turns.
+
+    Each of :data:`ROUNDS` rounds times ``steps`` steps per feed, one feed after the other, so
+    that a slow spell of this shared machine (its speed was seen to halve for tens of seconds)
+    hits both feeds of a round alike; the stall is then read from the median of the per-round
+    ratios rather than from two runs minutes apart.
+    """
+    import statistics
+
+    for ds in feeds.values():  # trace and build once per feed
+        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
+    rates: dict[str, list[float]] = {name: [] for name in feeds}
+    for _ in range(ROUNDS):
+        for name, ds in feeds.items():
+            t0 = time.perf_counter()
+            model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+            rates[name].append(_rate(steps * BATCH, time.perf_counter() - t0))
+    return {
+        "median": {name: statistics.median(r) for name, r in rates.items()},
+        "rounds": rates,
+    }
 
 
 def measure_rates(work: Path, n: int, steps: int, workers: int) -> dict[str, Any]:
@@ -191,8 +212,20 @@ def measure_rates(work: Path, n: int, steps: int, workers: int) -> dict[str, Any
 
         model = _model()
         batch = (tf.constant(x[:BATCH], tf.float32), tf.one_hot(y_mem[:BATCH], len(CLASSES)))
-        step_memory = _fit_rate(model, tf.data.Dataset.from_tensors(batch).repeat(), steps)
-        step_streamed = _fit_rate(model, streamed_ds.repeat(), steps)
+        paired = _paired_fit_rates(
+            model,
+            {
+                "memory": tf.data.Dataset.from_tensors(batch).repeat(),
+                "stream": streamed_ds.repeat(),
+            },
+            max(2, steps // 2),
+        )
+        step_memory = paired["median"]["memory"]
+        step_streamed = paired["median"]["stream"]
+        ratios = [
+            st / me
+            for st, me in zip(paired["rounds"]["stream"], paired["rounds"]["memory"], strict=True)
+        ]
     out["produced_images_per_s"] = {
         "decode_every_epoch": decode_epoch,
         "decode_once_to_disk": decode_once,
@@ -208,7 +241,9 @@ def measure_rates(work: Path, n: int, steps: int, workers: int) -> dict[str, Any
         "decode_every_epoch": decode_epoch / step_memory,
         "in_memory_arrays": in_memory / step_memory,
     }
-    out["stall_fraction"] = max(0.0, 1.0 - step_streamed / step_memory)
+    out["consumed_per_round_images_per_s"] = paired["rounds"]
+    out["stream_vs_memory_per_round"] = ratios
+    out["stall_fraction"] = max(0.0, 1.0 - float(np.median(ratios)))
     out["decode_workers"] = workers
     out["train_steps_timed"] = steps
     return out

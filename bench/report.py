@@ -217,12 +217,42 @@ def rows_inference(doc: Mapping[str, Any]) -> list[Row]:
         ),
         (
             f"accuracy lost by {engine}, points"
-            + ("" if t.get("accuracy_representative", True) else " (sample too small to judge)"),
+            + (
+                ""
+                if t.get("accuracy_representative", True)
+                else " (random backbone without ImageNet weights: not representative)"
+            ),
             _num(t["accuracy_drop_points"], 1),
             f"<= {_num(t['max_drop_points'], 1)}",
             _ok(t.get("accuracy_met")),
         ),
     ]
+    small = t.get("small_cnn_accuracy_drop_points")
+    if isinstance(small, Mapping):
+        rows.append(
+            (
+                f"accuracy lost by {engine} on the trained small CNN, points [95 % CI]",
+                f"{_num(small['value'], 1)} [{_num(small.get('ci95_low'), 1)}, "
+                f"{_num(small.get('ci95_high'), 1)}]",
+                f"<= {_num(t['max_drop_points'], 1)}",
+                _ok(t.get("small_cnn_accuracy_met")),
+            )
+        )
+    v = doc.get("verdict") or {}
+    if v.get("fp32_gemm_gflops"):
+        fractions = ", ".join(
+            f"{m} {_num(v[f'{m}_tf_fp32_fraction_of_gemm'], 2)}"
+            for m in ("resnet50", "small_cnn")
+            if v.get(f"{m}_tf_fp32_fraction_of_gemm") is not None
+        )
+        rows.append(
+            (
+                "TensorFlow fp32 FLOP/s (batched) as a fraction of this machine's fp32 GEMM",
+                f"{fractions} (GEMM {_num(v['fp32_gemm_gflops'])} GFLOP/s)",
+                "",
+                "",
+            )
+        )
     return rows
 
 

@@ -712,7 +712,14 @@ def pipeline_run(
     print(f"cxrflow pipeline finished (profile {params.profile}); run dir: {result.run_dir}")
     print(format_summary(results), end="")
     print(format_promotion(registered), end="")
-    print(
+    print(_ui_hint(uri))
+
+
+def _ui_hint(uri: str) -> str:
+    """Where to look at the run: a tracking server is its own UI; a local store needs one."""
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {uri}"
+    return (
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} "
         f"--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)"
     )

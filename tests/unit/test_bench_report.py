@@ -191,6 +191,13 @@ def test_inference_rows_from_its_target(tmp_path: Path) -> None:
             "max_drop_points": 1.0,
             "accuracy_met": True,
             "accuracy_representative": True,
+            "small_cnn_accuracy_drop_points": {"value": 0.83, "ci95_low": 0.0, "ci95_high": 1.93},
+            "small_cnn_accuracy_met": True,
+        },
+        "verdict": {
+            "fp32_gemm_gflops": 187.4,
+            "resnet50_tf_fp32_fraction_of_gemm": 0.826,
+            "small_cnn_tf_fp32_fraction_of_gemm": 0.848,
         },
         "when": "2026-12-01T09:00:00",
     }
@@ -202,6 +209,15 @@ def test_inference_rows_from_its_target(tmp_path: Path) -> None:
         "38.3 (20.0); TensorFlow fp32 90.0 | <= 42.7 ms | yes |"
     ) in block
     assert "| accuracy lost by ort_int8, points | 0.5 | <= 1.0 | yes |" in block
+    assert (
+        "| accuracy lost by ort_int8 on the trained small CNN, points [95 % CI] | 0.8 [0.0, 1.9] "
+        "| <= 1.0 | yes |"
+    ) in block
+    assert "resnet50 0.83, small_cnn 0.85 (GEMM 187 GFLOP/s)" in block
+    inference["target"]["accuracy_representative"] = False
+    _write(tmp_path, inference)
+    block = report.render(report.load_results(tmp_path))
+    assert "points (random backbone without ImageNet weights: not representative) | 0.5" in block
 
 
 def test_a_result_of_an_unexpected_shape_becomes_a_note(tmp_path: Path) -> None:

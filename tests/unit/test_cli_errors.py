@@ -132,3 +132,11 @@ def test_help_is_quick_and_lists_every_step(tmp_path: Path) -> None:
             check=False,
         )
         assert probe.returncode == 0, f"importing the CLI imports {heavy}"
+
+
+def test_the_ui_hint_after_a_run_is_the_tracking_server_itself() -> None:
+    from cxrflow.cli import _ui_hint
+
+    assert _ui_hint("http://127.0.0.1:15000") == "MLflow UI: http://127.0.0.1:15000"
+    local = _ui_hint("sqlite:////tmp/x/mlruns.db")
+    assert "mlflow ui --backend-store-uri sqlite:////tmp/x/mlruns.db" in local
