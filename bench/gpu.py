@@ -34,9 +34,6 @@ from typing import Any
 
 from report import machine_info  # bench/report.py (scripts run with bench/ on the path)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
 POLICIES = ("float32", "mixed_float16")
 N_CLASSES = 3
 

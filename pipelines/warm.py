@@ -22,8 +22,10 @@ Fork safety: the server only imports (no TensorFlow op, no MLflow call). It refu
 numpy's OpenBLAS and pyarrow's jemalloc start at import are fine, as for multiprocessing's
 ``fork`` start method, since those libraries reset them in their own fork handlers.
 
-This file is both the server (``python warm.py --serve SOCKET``) and the client (any other
-arguments, i.e. what would follow ``python3``); the client imports nothing beyond the stdlib.
+This file is both the server (``python -m pipelines.warm --serve SOCKET``, started in the
+steps' working directory, so that its ``sys.path`` is theirs; a step elsewhere starts cold) and
+the client (``python -I -S pipelines/warm.py`` and what would follow ``python3``); the client
+imports nothing beyond the stdlib.
 """
 
 from __future__ import annotations
@@ -179,8 +181,7 @@ def _become_step(request: dict[str, Any], fds: list[int]) -> NoReturn:
         os.environ[STARTED_ENV] = "1"
         for stream in (sys.stdout, sys.stderr):
             stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
-        sys.argv = ["", *request["args"]]
-        sys.path.insert(0, os.getcwd())  # as ``python -m`` from the client's directory
+        sys.argv = ["", *request["args"]]  # sys.path[0] is already this cwd (see serve)
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0
@@ -258,6 +259,7 @@ def serve(path: str, parent: int, modules: Sequence[str] = PRELOAD) -> int:
         # as multiprocessing's fork start method relies on; Python threads would not
         "native_threads": _native_threads(),
         "pid": os.getpid(),
+        "cwd": os.getcwd(),
     }
     if threads > 1:
         why = f"Python threads after the imports: {[t.name for t in threading.enumerate()]}"
@@ -281,6 +283,14 @@ def serve(path: str, parent: int, modules: Sequence[str] = PRELOAD) -> int:
         except (OSError, ValueError) as exc:
             print(f"warm: bad request: {exc}", flush=True)
             conn.close()
+            continue
+        if request.get("cwd") != status["cwd"]:
+            # ``python -m`` puts the working directory first on sys.path; a step elsewhere
+            # would see another path than a fresh interpreter: let it start cold
+            print(f"warm: cold start for a step in {request.get('cwd')}", flush=True)
+            conn.close()
+            for fd in fds:
+                os.close(fd)
             continue
         sys.stdout.flush()
         if os.fork() == 0:
@@ -373,7 +383,8 @@ def started(env: Mapping[str, str] | None = None) -> Iterator[WarmServer | None]
     folder = Path(tempfile.mkdtemp(prefix="cxrflow-warm-"))
     with (folder / "server.log").open("wb") as server_log:
         process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve", str(folder / "s")],
+            # as ``python -m`` from this directory, like the steps: the same sys.path
+            [sys.executable, "-m", "pipelines.warm", "--serve", str(folder / "s")],
             stdout=server_log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -403,8 +414,6 @@ def started(env: Mapping[str, str] | None = None) -> Iterator[WarmServer | None]
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--serve":
-        if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-            del sys.path[0]  # pipelines/ is not a place to import modules from
         parent = int(os.environ.get("CXRFLOW_WARM_PARENT") or os.getppid())
         if parent == 1:  # orphaned before it started: nobody to serve
             sys.exit(0)

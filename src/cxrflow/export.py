@@ -175,6 +175,30 @@ def sample_calibration_rows(table: pd.DataFrame, n: int, seed: int) -> pd.DataFr
     return table.loc[chosen].sort_values("path")
 
 
+def _sample_split(
+    dataset_dir: str | Path,
+    splits_dir: str | Path,
+    dataset: str,
+    split: str,
+    classes: Sequence[str],
+    image_size: int,
+    n: int,
+    seed: int,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray] | None:
+    """Up to ``n`` images of ``split`` (:func:`sample_calibration_rows`), preprocessed exactly
+    as for training: (rows, images, labels), or None when the split is empty."""
+    from cxrflow.data.split import read_split_table
+    from cxrflow.datasets import load_arrays
+
+    table = read_split_table(splits_dir, dataset)
+    part = table[table["split"] == split]
+    if part.empty:
+        return None
+    rows = sample_calibration_rows(part, n, seed)
+    x, y = load_arrays(dataset_dir, rows, split, classes, image_size)
+    return rows, x, y
+
+
 def load_calibration(
     dataset_dir: str | Path,
     splits_dir: str | Path,
@@ -195,13 +219,14 @@ def load_calibration(
         n: How many images (:func:`sample_calibration_rows`).
         seed: Chooses them.
     """
-    from cxrflow.data.split import read_split_table
-    from cxrflow.datasets import load_arrays
-
-    table = read_split_table(splits_dir, dataset)
-    train = table[table["split"] == CALIBRATION_SPLIT]
-    rows = sample_calibration_rows(train, n, seed)
-    x, _ = load_arrays(dataset_dir, rows, CALIBRATION_SPLIT, classes, image_size)
+    got = _sample_split(
+        dataset_dir, splits_dir, dataset, CALIBRATION_SPLIT, classes, image_size, n, seed
+    )
+    if got is None:
+        raise ValueError(
+            f"{splits_dir}: {dataset} has no {CALIBRATION_SPLIT} images to calibrate on"
+        )
+    rows, x, _ = got
     return Calibration(x, tuple(rows["path"]), CALIBRATION_SPLIT, seed)
 
 
@@ -216,15 +241,8 @@ def load_check_split(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Up to ``n`` validation images and labels (balanced, as :func:`load_calibration`
     chooses), or ``None`` when the split has no validation images."""
-    from cxrflow.data.split import read_split_table
-    from cxrflow.datasets import load_arrays
-
-    table = read_split_table(splits_dir, dataset)
-    val = table[table["split"] == CHECK_SPLIT]
-    if val.empty:
-        return None
-    rows = sample_calibration_rows(val, n, seed)
-    return load_arrays(dataset_dir, rows, CHECK_SPLIT, classes, image_size)
+    got = _sample_split(dataset_dir, splits_dir, dataset, CHECK_SPLIT, classes, image_size, n, seed)
+    return None if got is None else (got[1], got[2])
 
 
 def _metadata(

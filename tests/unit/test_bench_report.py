@@ -22,11 +22,16 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _load(name: str) -> ModuleType:
-    if str(BENCH) not in sys.path:  # the bench scripts import report as a sibling
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    # the bench scripts import ``report`` as a sibling (bench/ is their script directory):
+    # registered under that name, with no sys.path edit
+    module_name = "report" if name == "report" else f"bench_{name}"
+    if name != "report" and "report" not in sys.modules:
+        _load("report")
+    spec = importlib.util.spec_from_file_location(module_name, BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    if name == "report":
+        sys.modules["report"] = module
     spec.loader.exec_module(module)
     return module
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 WARM = Path(__file__).resolve().parents[2] / "pipelines" / "warm.py"
+SERVE = [sys.executable, "-m", "pipelines.warm", "--serve"]  # as pipelines.warm.started does
 
 STEP = textwrap.dedent(
     """
@@ -65,6 +66,7 @@ THREADED = (
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "run").mkdir()  # the steps' (and the server's) working directory
     (tmp_path / "step_mod.py").write_text(STEP)
     (tmp_path / "marker_mod.py").write_text(MARKER)
     (tmp_path / "threaded_mod.py").write_text(THREADED)
@@ -92,7 +94,8 @@ def server(workdir: Path) -> Iterator[str]:
     )
     env["STEP_VAR"] = "from the server"  # the step must see the client's, not this
     proc = subprocess.Popen(
-        [sys.executable, str(WARM), "--serve", sock],
+        [*SERVE, sock],
+        cwd=workdir / "run",
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -107,11 +110,13 @@ def server(workdir: Path) -> Iterator[str]:
     proc.wait(10)
 
 
-def _client(workdir: Path, *args: str, sock: str | None, **kw: object) -> subprocess.Popen[str]:
+def _client(
+    workdir: Path, *args: str, sock: str | None, cwd: Path | None = None, **kw: object
+) -> subprocess.Popen[str]:
     env = _env(workdir, **({"CXRFLOW_WARM_SOCKET": sock} if sock else {}))
     return subprocess.Popen(
         [sys.executable, "-I", "-S", str(WARM), "-m", "step_mod", *args],
-        cwd=workdir / "run",
+        cwd=cwd or workdir / "run",
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -120,9 +125,10 @@ def _client(workdir: Path, *args: str, sock: str | None, **kw: object) -> subpro
     )
 
 
-def _run(workdir: Path, *args: str, sock: str | None) -> tuple[int, dict[str, object], str]:
-    (workdir / "run").mkdir(exist_ok=True)
-    proc = _client(workdir, *args, sock=sock)
+def _run(
+    workdir: Path, *args: str, sock: str | None, cwd: Path | None = None
+) -> tuple[int, dict[str, object], str]:
+    proc = _client(workdir, *args, sock=sock, cwd=cwd)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, json.loads(out.splitlines()[0]), err
 
@@ -144,13 +150,20 @@ def test_a_warm_step_sees_what_a_cold_one_sees(workdir: Path, server: str) -> No
     assert str(warm["pid"]) not in importers
 
 
+def test_a_step_in_another_directory_starts_cold(workdir: Path, server: str) -> None:
+    # ``python -m`` puts the working directory first on sys.path: the server's is not its
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    rc, seen, _ = _run(workdir, "4", sock=server, cwd=elsewhere)
+    assert rc == 4 and seen["warm"] is None and seen["cwd"] == str(elsewhere)
+
+
 def test_without_a_server_the_client_starts_cold(workdir: Path) -> None:
     rc, seen, _ = _run(workdir, "0", sock=str(workdir / "nobody-listens"))
     assert rc == 0 and seen["warm"] is None
 
 
 def test_a_signal_to_the_client_reaches_the_step(workdir: Path, server: str) -> None:
-    (workdir / "run").mkdir()
     proc = _client(workdir, "0", "--sleep", sock=server)
     _wait_for(workdir / "pid")
     proc.send_signal(signal.SIGTERM)
@@ -160,7 +173,6 @@ def test_a_signal_to_the_client_reaches_the_step(workdir: Path, server: str) -> 
 
 
 def test_a_step_whose_client_is_killed_is_stopped(workdir: Path, server: str) -> None:
-    (workdir / "run").mkdir()
     proc = _client(workdir, "0", "--sleep", sock=server)
     pid = int(_wait_for(workdir / "pid"))
     proc.kill()
@@ -176,7 +188,8 @@ def test_a_server_with_threads_after_its_imports_refuses_to_serve(workdir: Path)
     sock = workdir / "s"
     env = _env(workdir, CXRFLOW_WARM_PRELOAD="threaded_mod", CXRFLOW_WARM_PARENT=str(os.getpid()))
     proc = subprocess.run(
-        [sys.executable, str(WARM), "--serve", str(sock)],
+        [*SERVE, str(sock)],
+        cwd=workdir / "run",
         env=env,
         capture_output=True,
         text=True,
@@ -196,7 +209,7 @@ def test_the_server_leaves_when_its_runner_does(workdir: Path) -> None:
             sys.executable,
             "-c",
             "import subprocess, sys, os; "
-            f"p = subprocess.Popen([sys.executable, {str(WARM)!r}, '--serve', {str(workdir / 's')!r}], "
+            f"p = subprocess.Popen([sys.executable, '-m', 'pipelines.warm', '--serve', {str(workdir / 's')!r}], "
             "env={**os.environ, 'CXRFLOW_WARM_PARENT': str(os.getpid())}); "
             "print(p.pid, flush=True)",
         ],
