@@ -108,9 +108,10 @@ def rows_input_pipeline(doc: Mapping[str, Any]) -> list[Row]:
             "",
         ),
         (
-            "a step fed by the stream vs fed from memory (stall)",
-            f"{_num(cons['train_step_fed_by_stream'], 1)} vs {_num(step, 1)} images/s: "
-            f"{_pct(verdict['stall_fraction'])} slower",
+            "a step fed by the stream vs fed from memory, taking turns (stall: 1 - the median "
+            "per-round ratio)",
+            f"medians {_num(cons['train_step_fed_by_stream'], 1)} vs {_num(step, 1)} images/s; "
+            f"stall {_pct(verdict['stall_fraction'])}",
             f"<= {_pct(verdict['max_stall'])}",
             _ok(verdict["step_never_waits"]),
         ),
