@@ -21,7 +21,6 @@ Usage: ``python bench/gpu.py [--allow-cpu] [--quick] [--out PATH]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from report import machine_info  # bench/report.py (scripts run with bench/ on the path)
+from report import (  # bench/report.py (scripts run with bench/ on the path)
+    machine_info,
+    write_result,
+)
 
 POLICIES = ("float32", "mixed_float16")
 N_CLASSES = 3
@@ -252,9 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         },
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    out = write_result(args.out, doc, show=None)
     log(f"wrote {out} ({doc['seconds']:.0f} s)")
     return 0 if doc["verdict"]["losses_finite"] else 1
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -43,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from report import write_result  # bench/report.py (bench/ is on the path)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -656,11 +657,8 @@ def main() -> int:
         "verdict": _verdict(models, gemm),
         "python": platform.python_version(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    out = write_result(args.out, result, show="target")
     log(f"-> {out} ({result['seconds']:.0f} s)")
-    print(json.dumps(result["target"], indent=2))
     return 0
 
 

@@ -27,7 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import machine_info  # bench/report.py (scripts run with bench/ on the path)
+from report import (  # bench/report.py (scripts run with bench/ on the path)
+    machine_info,
+    write_result,
+)
 
 RSS_LIMIT_MB = 1536.0
 MIN_THROUGHPUT_RATIO = 0.5  # images/s at the largest scale >= half of that at the smallest
@@ -281,9 +284,7 @@ def main() -> int:
         "verdict": verdict,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2))
-    print(json.dumps(verdict, indent=2))
+    write_result(args.out, doc)
     return 0 if verdict["linear"] and verdict["rss_under_limit"] else 1
 
 

@@ -41,7 +41,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from report import machine_info  # bench/report.py (scripts run with bench/ on the path)
+from report import (  # bench/report.py (scripts run with bench/ on the path)
+    machine_info,
+    write_result,
+)
 
 MIN_HEADROOM = 3.0
 """The input pipeline training uses must produce at least this many times what a step eats."""
@@ -421,9 +424,7 @@ def main() -> int:
         "verdict": verdict,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2))
-    print(json.dumps(verdict, indent=2))
+    write_result(args.out, doc)
     ok = verdict["headroom_ok"] and verdict["step_never_waits"] and verdict["stream_rss_flat"]
     return 0 if ok else 1
 

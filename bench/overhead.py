@@ -29,7 +29,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from report import machine_info  # bench/report.py (scripts run with bench/ on the path)
+from report import (  # bench/report.py (scripts run with bench/ on the path)
+    machine_info,
+    write_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_OVERHEAD_SHARE = 0.15
@@ -166,8 +169,6 @@ def main() -> int:
         "console": output.splitlines()[-40:],
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2))
     parts = result["overhead_breakdown_s"]
     print(
         f"wall {wall:.0f} s, compute {result['compute_s']['total']:.0f} s "
@@ -176,7 +177,7 @@ def main() -> int:
         + ", ".join(f"{k} {v:.0f} s" for k, v in parts.items()),
         file=sys.stderr,
     )
-    print(json.dumps(verdict, indent=2))
+    write_result(args.out, doc)
     return 0 if verdict["overhead_ok"] else 1
 
 

@@ -50,6 +50,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def write_result(out: str | Path, doc: Mapping[str, Any], show: str | None = "verdict") -> Path:
+    """Write a benchmark's JSON to ``out`` (folders created) and print ``doc[show]``."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    if show is not None:
+        print(json.dumps(doc[show], indent=2))
+    return path
+
+
 def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
     """Every ``<name>.json`` in ``results_dir`` (unreadable files are skipped with a note)."""
     out: dict[str, dict[str, Any]] = {}

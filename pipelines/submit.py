@@ -670,39 +670,6 @@ def change_schedule(
     return ScheduleInfo.of(client.get_recurring_run(job.recurring_run_id))
 
 
-def enable_schedule(
-    client: kfp.Client,
-    ref: str,
-    experiment: str = DEFAULT_EXPERIMENT,
-    *,
-    namespace: str | None = None,
-) -> ScheduleInfo:
-    """Enable a recurring run (see :func:`change_schedule`)."""
-    return change_schedule(client, "enable", ref, experiment, namespace=namespace)
-
-
-def disable_schedule(
-    client: kfp.Client,
-    ref: str,
-    experiment: str = DEFAULT_EXPERIMENT,
-    *,
-    namespace: str | None = None,
-) -> ScheduleInfo:
-    """Disable (pause) a recurring run; its runs and settings stay (see :func:`change_schedule`)."""
-    return change_schedule(client, "disable", ref, experiment, namespace=namespace)
-
-
-def delete_schedule(
-    client: kfp.Client,
-    ref: str,
-    experiment: str = DEFAULT_EXPERIMENT,
-    *,
-    namespace: str | None = None,
-) -> ScheduleInfo:
-    """Delete a recurring run; the runs it started stay (see :func:`change_schedule`)."""
-    return change_schedule(client, "delete", ref, experiment, namespace=namespace)
-
-
 @_talks_to_kfp
 def list_runs(
     client: kfp.Client,

@@ -301,27 +301,19 @@ def predict(
     """Classify images with the registered champion (or --model-uri, or an --onnx export).
     Reads params: register (model name and alias), ingest.max_pixels (decompression-bomb
     limit)."""
-    from cxrflow.predict import format_errors, format_json, format_table, predict_paths
+    from cxrflow.predict import (
+        format_errors,
+        format_json,
+        format_table,
+        load_predictor,
+        predict_paths,
+    )
 
     params = _SETTINGS.params()
-    if onnx is not None:
-        if model_uri:
-            raise ValueError("give --model-uri or --onnx, not both")
-        from cxrflow.export import load_onnx_model
-
-        model: Any = load_onnx_model(onnx)
-        classes: Any = list(model.classes)
-        size: Any = model.image_size
-    else:
-        from cxrflow import tracking
-
-        uri = model_uri or f"models:/{params.register.model_name}@{params.register.alias}"
-        model, meta = tracking.load_model(uri)
-        classes, size = meta.get("classes"), meta.get("image_size")
-        if not classes or not size:
-            raise ValueError(f"{uri}: model has no cxrflow metadata (classes, image_size)")
+    champion = f"models:/{params.register.model_name}@{params.register.alias}"
+    model, classes, size = load_predictor(model_uri, onnx, champion)
     preds = predict_paths(
-        model, [str(p) for p in paths], classes, int(size), max_pixels=params.ingest.max_pixels
+        model, [str(p) for p in paths], classes, size, max_pixels=params.ingest.max_pixels
     )
     ok = [p for p in preds if not p.error]
     if ok:

@@ -35,6 +35,35 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".
 """Extensions (lower case) of the files taken from a directory argument."""
 
 
+def load_predictor(
+    model_uri: str | None, onnx: str | Path | None, default_uri: str
+) -> tuple[Any, list[str], int]:
+    """The model ``cxrflow predict`` serves, with its classes and input side.
+
+    An ONNX export (``onnx``: a ``.onnx`` file or a ``cxrflow export`` directory, served by
+    ONNX Runtime without TensorFlow), else the Keras model at ``model_uri`` or
+    ``default_uri`` (the registered champion).
+
+    Raises:
+        ValueError: Both given, or a Keras model without cxrflow metadata.
+    """
+    if onnx is not None:
+        if model_uri:
+            raise ValueError("give --model-uri or --onnx, not both")
+        from cxrflow.export import load_onnx_model
+
+        served = load_onnx_model(onnx)
+        return served, list(served.classes), int(served.image_size)
+    from cxrflow import tracking
+
+    uri = model_uri or default_uri
+    model, meta = tracking.load_model(uri)
+    classes, size = meta.get("classes"), meta.get("image_size")
+    if not classes or not size:
+        raise ValueError(f"{uri}: model has no cxrflow metadata (classes, image_size)")
+    return model, list(classes), int(size)
+
+
 def predict_arrays(model: Any, x: np.ndarray) -> np.ndarray:
     """Class probabilities for a batch of preprocessed images.
 

@@ -273,19 +273,19 @@ def test_schedules_list_enable_disable_delete_by_name_or_id(
     assert listed[1].data.version == "v1"  # the package's own configuration
 
     kfp_api.requests.clear()
-    assert not submit.disable_schedule(client, submit.DEFAULT_JOB_NAME).enabled
+    assert not submit.change_schedule(client, "disable", submit.DEFAULT_JOB_NAME).enabled
     assert one(kfp_api, "POST", f"/recurringruns/{nightly}:disable").body is None
     assert kfp_api.recurring_runs[nightly]["status"] == "DISABLED"
-    assert submit.enable_schedule(client, nightly).enabled  # by id
+    assert submit.change_schedule(client, "enable", nightly).enabled  # by id
     one(kfp_api, "POST", f"/recurringruns/{nightly}:enable")
-    assert submit.delete_schedule(client, "weekly").recurring_run_id == weekly
+    assert submit.change_schedule(client, "delete", "weekly").recurring_run_id == weekly
     one(kfp_api, "DELETE", f"/recurringruns/{weekly}")
     assert [s.name for s in submit.list_schedules(client)] == [submit.DEFAULT_JOB_NAME]
 
     with pytest.raises(LookupError, match=r"no recurring run named 'weekly'.*there: cxrflow-"):
-        submit.disable_schedule(client, "weekly")
+        submit.change_schedule(client, "disable", "weekly")
     with pytest.raises(LookupError, match="no KFP experiment named 'other'"):
-        submit.delete_schedule(client, submit.DEFAULT_JOB_NAME, experiment="other")
+        submit.change_schedule(client, "delete", submit.DEFAULT_JOB_NAME, experiment="other")
     assert submit.list_schedules(client, "other") == []
     # two schedules of one name (made past cxrflow): the name is ambiguous, each id is not
     client.create_recurring_run(
@@ -295,8 +295,8 @@ def test_schedules_list_enable_disable_delete_by_name_or_id(
         pipeline_package_path=str(package),
     )
     with pytest.raises(ValueError, match=f"2 recurring runs are named .*{nightly}"):
-        submit.delete_schedule(client, submit.DEFAULT_JOB_NAME)
-    assert not submit.disable_schedule(client, nightly).enabled
+        submit.change_schedule(client, "delete", submit.DEFAULT_JOB_NAME)
+    assert not submit.change_schedule(client, "disable", nightly).enabled
 
 
 # -------------------------------------------------------------------------------- runs
