@@ -32,9 +32,10 @@ test: venv lint typecheck lint-infra ## ruff, mypy, unit + integration + pipelin
 unit: venv ## the fast loop: tests not marked slow or s3 (a few minutes)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not s3"
 
-lint: venv ## ruff lint + format check
+lint: venv ## ruff lint + format check, deptry (imports = declared dependencies)
 	$(BIN)/ruff check src components pipelines tests bench infra/stack
 	$(BIN)/ruff format --check src components pipelines tests bench infra/stack
+	$(BIN)/deptry src pipelines components infra/stack bench
 
 format: venv ## apply ruff formatting and fixes
 	$(BIN)/ruff check --fix src components pipelines tests bench infra/stack

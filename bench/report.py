@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cxrflow.tables import format_table
+
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 OTHER_MACHINE = ("gpu",)
@@ -337,7 +339,7 @@ def render(
     """
     names = [n for n in EXPECTED if n in results] + sorted(set(results) - set(EXPECTED))
     notes: list[str] = []
-    lines = ["| benchmark | what | measured | target | ok |", "|---|---|---|---|---|"]
+    table: list[list[str]] = []
     for name in names:
         doc = results[name]
         try:
@@ -346,8 +348,7 @@ def render(
             notes.append(f"`{name}.json` could not be read as expected ({exc!r}).")
             continue
         label = f"{name}" + (" (quick)" if doc.get("quick") else "")
-        for i, (what, measured, target, ok) in enumerate(rows):
-            lines.append(f"| {label if i == 0 else ''} | {what} | {measured} | {target} | {ok} |")
+        table += [[label if i == 0 else "", *row] for i, row in enumerate(rows)]
         if doc.get("quick"):
             notes.append(f"`{name}` ran its quick variant: smaller sizes, not the reference run.")
     for name in EXPECTED:
@@ -377,6 +378,7 @@ def render(
         "",
     ]
     tail = [""] + [f"- {n}" for n in notes] if notes else []
+    lines = format_table(["benchmark", "what", "measured", "target", "ok"], table).splitlines()
     return "\n".join(head + lines + tail) + "\n"
 
 

@@ -1,5 +1,8 @@
 """The one Kubeflow Pipelines v2 definition of cxrflow.
 
+The DAG is read from the step registry (:mod:`cxrflow.steps.registry`): one task per step in
+its order, each input wired to the latest task that wrote an artifact of that name, model
+inputs by model key, a step's ``after`` as an explicit dependency.
 ``build_pipeline(params)`` returns the ``@dsl.pipeline`` function for one *resolved*
 configuration (params.yaml + profile + overrides, see :func:`cxrflow.config.load_params`): its
 single parameter ``params`` defaults to that configuration, which every step receives whole, so
@@ -14,7 +17,7 @@ at once.
 On a cluster (``params.cluster``, compiled in, like the images):
 
 - Resources: every task requests and is limited in CPU and memory by its kind of step
-  (:data:`STEP_KINDS`: data, train, evaluate, record). The model steps also take one GPU, the
+  (its spec's ``kind``: data, train, evaluate, record). The model steps also take one GPU, the
   GPU node selector and the toleration of the GPU nodes' taint. CPU steps never tolerate that
   taint, so they cannot land on a tainted GPU node; they also carry a required node affinity
   ``cxrflow.io/accelerator NotIn [nvidia-gpu]``, so a GPU node whose taint is missing (a pool
@@ -22,13 +25,13 @@ On a cluster (``params.cluster``, compiled in, like the images):
 - Retries: the model steps retry with ``cluster.retry.train`` (a preempted node) and resume:
   the checkpoint PVC ``cluster.checkpoints.pvc`` is mounted on them, and each checkpoints
   every epoch to ``<mount_path>/<pipeline run id>/<model key>``, which the retried pod finds.
-  The I/O-bound CPU steps (:data:`IO_RETRY_STEPS`) retry with ``cluster.retry.io``
+  The I/O-bound CPU steps (their spec's ``io_retry``) retry with ``cluster.retry.io``
   (transient MLflow / S3 errors); the validate and split gates do not retry: same inputs,
   same verdict.
-- Caching (``enableCache`` per task, :func:`cache_policy`): a task is reused only when its
-  inputs pin its output. ingest when ``data`` is pinned (phantom data, or a registry at a full
-  commit sha: :attr:`cxrflow.config.DataParams.is_pinned`); validate and split always (params
-  and the dataset artifact pin them); models, evaluate, audit, register and finalize never.
+- Caching (``enableCache`` per task, :func:`cache_policy`, each spec's ``cache``): a task is
+  reused only when its inputs pin its output. ingest when ``data`` is pinned (phantom data, or
+  a registry at a full commit sha: :attr:`cxrflow.config.DataParams.is_pinned`); validate and
+  split always (params and the dataset artifact pin them); the other steps never.
   KFP's cache key holds every input, so the data steps take no per-run input: the run they
   execute in reaches them as the environment variable ``CXRFLOW_PIPELINE_RUN_ID``, set from
   the pod's ``pipeline/runid`` label (which KFP's run-id placeholder also resolves to), and
@@ -43,18 +46,12 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components import (
-    audit_component,
-    evaluate_component,
-    finalize,
-    ingest,
-    model_component,
-    register,
-    split,
-    validate,
-)
-from cxrflow.config import DATA_STEPS, Params, ResourceParams, RetryParams, params_to_kfp
-from cxrflow.steps import PIPELINE_RUN_ENV
+from components import finalize, make_component
+from cxrflow.config import Params, ResourceParams, RetryParams, params_to_kfp
+from cxrflow.steps.lineage import PIPELINE_RUN_ENV
+from cxrflow.steps.registry import STEPS, pipeline_steps, spec_of
+from cxrflow.steps.spec import BASE_MODEL, CANDIDATES, MODELS, StepSpec
+from cxrflow.steps.train import describe_model
 
 PIPELINE_NAME = "cxrflow"
 
@@ -76,25 +73,9 @@ CONFIG_MAP_ENV = {
 GPU_LIMIT = 1
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 """The pod field holding the KFP run id (KFP's API server labels every pod of a run with it)."""
-STEP_KINDS = {
-    "ingest": "data",
-    "validate": "data",
-    "split": "data",
-    "evaluate": "evaluate",
-    "audit": "evaluate",
-    "register": "record",
-    "finalize": "record",
-}
-"""Step -> kind, the key of its requests and limits in ``params.cluster.resources``; the model
-steps are ``train``."""
-IO_RETRY_STEPS = ("ingest", "evaluate", "audit", "register", "finalize")
+IO_RETRY_STEPS = tuple(s.name for s in STEPS if s.io_retry and s.kind != "train")
 """The CPU steps retried with ``cluster.retry.io``: their failures are mostly transient (the
 DVC remote, the MLflow server, S3 artifact uploads)."""
-MODEL_DESCRIPTIONS = {
-    "scratch": "{arch} from scratch on {dataset}.",
-    "imagenet": "ImageNet {arch} fine-tuned on {dataset} (head, then the last layers).",
-    "transfer": "{init} transfer-fine-tuned on {dataset} (head first, then unfrozen layers).",
-}
 
 
 def pipeline_defaults(params: Params) -> dict[str, Any]:
@@ -112,16 +93,8 @@ def cache_policy(params: Params) -> dict[str, bool]:
     Pure: the submit code compares this for the compiled and the overridden configuration and
     refuses an override that changes it (it would need a recompile).
     """
-    return {
-        "ingest": params.data.is_pinned,
-        "validate": True,
-        "split": True,
-        **dict.fromkeys(params.model_keys, False),
-        "evaluate": False,
-        "audit": False,
-        "register": False,
-        "finalize": False,
-    }
+    steps = [*pipeline_steps(params), *(s.name for s in STEPS if s.exit_handler)]
+    return {step: spec_of(params, step).cache(params) for step in steps}
 
 
 def cache_policy_changes(compiled: Params, submitted: Params) -> dict[str, tuple[bool, bool]]:
@@ -162,30 +135,29 @@ def compile_time_changes(compiled: Params, submitted: Params) -> list[str]:
 
 def step_kind(params: Params, step: str) -> str:
     """The kind of ``step`` (a key of ``params.cluster.resources``): its requests and limits."""
-    if step in params.models:
-        return "train"
-    if step not in STEP_KINDS:
-        raise KeyError(f"unknown step {step!r}; steps: {[*params.steps, 'finalize']}")
-    return STEP_KINDS[step]
+    try:
+        return spec_of(params, step).kind
+    except KeyError:
+        raise KeyError(f"unknown step {step!r}; steps: {[*params.steps, 'finalize']}") from None
 
 
 def _configure(tasks: dict[str, dsl.PipelineTask], params: Params, retries: bool) -> None:
     """Caching, resources, placement, retries and environment of every task (module doc)."""
     caching, cluster = cache_policy(params), params.cluster
     for step, task in tasks.items():
+        spec = spec_of(params, step)
         _cluster_env(task)
         task.set_caching_options(caching[step])
-        kind = step_kind(params, step)
-        _resources(task, getattr(cluster.resources, kind))
-        if kind == "train":
+        _resources(task, getattr(cluster.resources, spec.kind))
+        if spec.kind == "train":
             _gpu(task, params)
             if retries:
                 _retry(task, cluster.retry.train)
         else:
             _cpu_only(task)
-            if retries and step in IO_RETRY_STEPS:
+            if retries and spec.io_retry:
                 _retry(task, cluster.retry.io)
-        if step in DATA_STEPS:  # their run id may not be an input: see the module doc
+        if spec.kind == "data":  # their run id may not be an input: see the module doc
             kubernetes.use_field_path_as_env(task, PIPELINE_RUN_ENV, RUN_ID_FIELD)
 
 
@@ -224,6 +196,87 @@ def _cpu_only(task: dsl.PipelineTask) -> None:
     )
 
 
+def _model_keys(params: Params, name: str) -> tuple[str, ...]:
+    """The models behind a models input (every model, or the audited candidates)."""
+    if name == CANDIDATES:
+        return tuple(k for k in params.register.candidates if k in params.models)
+    return params.model_keys
+
+
+def _components(params: Params) -> dict[str, Any]:
+    """One component per task of the run (a model step's per model key)."""
+    made: dict[str, Any] = {}
+    for spec in STEPS:
+        if spec.exit_handler:
+            continue
+        if spec.per_model:
+            for key in params.model_keys:
+                made[key] = make_component(
+                    spec,
+                    model_key=key,
+                    transfer=params.models[key].base_model_key is not None,
+                    description=describe_model(params, key),
+                )
+            continue
+        keys = next((_model_keys(params, i) for i in spec.inputs if i in (MODELS, CANDIDATES)), ())
+        per_model_out = any(p.per_model for p in spec.ui_outputs)
+        made[spec.name] = make_component(
+            spec, model_keys=keys or (params.model_keys if per_model_out else ())
+        )
+    return made
+
+
+def _task_inputs(
+    spec: StepSpec,
+    params: Params,
+    key: str | None,
+    produced: dict[str, Any],
+    models: dict[str, dsl.PipelineTask],
+) -> dict[str, Any]:
+    """The artifacts a task takes: the latest of each name, the models by key."""
+    inputs: dict[str, Any] = {}
+    for name in spec.inputs:
+        if name in (MODELS, CANDIDATES):
+            inputs |= {k: models[k].outputs["model"] for k in _model_keys(params, name)}
+        elif name == BASE_MODEL:
+            base = params.models[key].base_model_key if key else None
+            if base is not None:
+                inputs[name] = models[base].outputs["model"]
+        else:
+            inputs[name] = produced[name]
+    return inputs
+
+
+def _add_tasks(
+    params: Any, resolved: Params, components: dict[str, Any], checkpoint_volume: str
+) -> dict[str, dsl.PipelineTask]:
+    """Every step's task, in registry order, wired by artifact name."""
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    produced: dict[str, Any] = {}
+    tasks: dict[str, dsl.PipelineTask] = {}
+    models: dict[str, dsl.PipelineTask] = {}
+    for spec in STEPS:
+        if spec.exit_handler:
+            continue
+        for key in resolved.model_keys if spec.per_model else (None,):
+            name = key or spec.name
+            args: dict[str, Any] = {"params": params}
+            if spec.kind != "data":
+                args["pipeline_run_id"] = run_id
+            if spec.per_model:
+                args["checkpoint_volume"] = checkpoint_volume
+            args |= _task_inputs(spec, resolved, key, produced, models)
+            task = components[name](**args)
+            for step in spec.after:
+                task.after(tasks[step])
+            tasks[name] = task
+            if spec.per_model and key is not None:
+                models[key] = task
+            else:
+                produced |= {port.name: task.outputs[port.name] for port in spec.outputs}
+    return tasks
+
+
 def build_pipeline(params: Params, *, retries: bool = True) -> Any:
     """Build the pipeline function whose ``params`` default is the resolved ``params``.
 
@@ -233,91 +286,28 @@ def build_pipeline(params: Params, *, retries: bool = True) -> Any:
             kfp.local, which would otherwise wait out every backoff of a failing step.
     """
     defaults = pipeline_defaults(params)
-    keys = params.model_keys
-    trainers = {
-        key: model_component(
-            key,
-            MODEL_DESCRIPTIONS[params.models[key].init_kind].format(
-                arch=params.models[key].architecture,
-                dataset=params.models[key].dataset,
-                init=params.models[key].init,
-            ),
-            transfer=params.models[key].base_model_key is not None,
-        )
-        for key in keys
-    }
-    bases = {key: params.models[key].base_model_key for key in keys}
-    evaluate = evaluate_component(keys)
-    candidates = [k for k in params.register.candidates if k in params.models]
-    audit = audit_component(candidates)
+    components = _components(params)
     resolved = params  # the pipeline function's own `params` is its KFP parameter
     volume = params.cluster.checkpoints
     checkpoint_volume = volume.mount_path if volume.pvc else ""
+    steps = pipeline_steps(params)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description=(
-            "Katsamenis et al. 2020: ingest -> validate -> split -> "
-            + ", ".join(keys)
-            + " -> evaluate -> audit -> register (COVID-19 / bacterial / normal chest X-rays); "
+            "Katsamenis et al. 2020: "
+            + " -> ".join(steps)
+            + " (COVID-19 / bacterial / normal chest X-rays); "
             f"params profile {params.profile}"
         ),
     )
     def cxrflow(params: dict = defaults["params"]):
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        exit_task = finalize(params=params, pipeline_run_id=run_id)
+        exit_task = finalize(params=params, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         exit_task.set_display_name("finalize")
-        tasks: dict[str, dsl.PipelineTask] = {"finalize": exit_task}
         with dsl.ExitHandler(exit_task, name="steps"):
-            ing = ingest(params=params)
-            dataset = ing.outputs["dataset"]
-            val = validate(params=params, dataset=dataset)
-            spl = split(params=params, dataset=dataset).after(val)
-            splits = spl.outputs["splits"]
-            trained: dict[str, dsl.PipelineTask] = {}
-            for key in keys:
-                base = bases[key]
-                inputs = {
-                    "params": params,
-                    "pipeline_run_id": run_id,
-                    "checkpoint_volume": checkpoint_volume,
-                    "dataset": dataset,
-                    "splits": splits,
-                }
-                if base is not None:
-                    inputs["base_model"] = trained[base].outputs["model"]
-                trained[key] = trainers[key](**inputs)
-            ev = evaluate(
-                params=params,
-                pipeline_run_id=run_id,
-                dataset=dataset,
-                splits=splits,
-                **{k: t.outputs["model"] for k, t in trained.items()},
-            )
-            aud = audit(
-                params=params,
-                pipeline_run_id=run_id,
-                dataset=dataset,
-                splits=splits,
-                **{k: trained[k].outputs["model"] for k in candidates},
-            ).after(ev)
-            reg = register(
-                params=params,
-                pipeline_run_id=run_id,
-                evaluation=ev.outputs["evaluation"],
-                audit_report=aud.outputs["audit_report"],
-            )
-            tasks |= {
-                "ingest": ing,
-                "validate": val,
-                "split": spl,
-                **trained,
-                "evaluate": ev,
-                "audit": aud,
-                "register": reg,
-            }
-        _configure(tasks, resolved, retries)
+            tasks = _add_tasks(params, resolved, components, checkpoint_volume)
+        _configure({"finalize": exit_task, **tasks}, resolved, retries)
         # KFP returns no pipeline output from inside an exit handler: the champion is the
-        # register step's output (and registered.json in its artifact).
+        # register step's output (registered.json in its artifact).
 
     return cxrflow

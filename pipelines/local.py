@@ -23,9 +23,11 @@ Where things go, for ``pipeline_root=runs/kfp`` (the CLI default):
   when kfp started it, how long it took and where its time went (the step's own timing report:
   start-up, imports, data, compute, model I/O, MLflow), for ``bench/overhead.py``.
 
-The console shows one line per step as it starts and as it ends (status, duration, the line
-the step wrote with ``cxrflow.logs.emit_summary``) and live training progress; see
-``pipelines/progress.py``. ``verbose=True`` streams everything kfp prints, as before.
+Steps report their summary, training progress and timing to the runner through a channel
+file it names in ``CXRFLOW_RUNNER_CHANNEL`` (:mod:`cxrflow.logs`; a temporary file for the run,
+removed at its end), not on stdout. The console shows one line per step as it starts and as it
+ends (status, duration, the step's ``cxrflow.logs.emit_summary``) and live training progress;
+see ``pipelines/progress.py``. ``verbose=True`` streams everything kfp prints, as before.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import dataclasses
 import datetime
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -97,7 +101,8 @@ def run_local(
         log_root: the folder that gets ``<run_name>/<step>.log``; default: the pipeline root's
             parent.
         env: environment variables set for the run (the steps inherit them), then restored;
-            ``CXRFLOW_PIPELINE_RUN_ID`` defaults to a fresh local id.
+            ``CXRFLOW_PIPELINE_RUN_ID`` defaults to a fresh local id; ``CXRFLOW_RUNNER_CHANNEL``
+            is always this run's channel.
 
     Returns:
         The run's folders, champion and per-step records.
@@ -108,9 +113,13 @@ def run_local(
     """
     from kfp import local
 
+    from cxrflow.logs import CHANNEL_ENV
     from cxrflow.steps import PIPELINE_RUN_ENV, new_pipeline_run_id
 
-    env = {PIPELINE_RUN_ENV: new_pipeline_run_id(), **(env or {})}
+    # the channel sits apart from the log folder, which is renamed once kfp names the run
+    channel_dir = Path(tempfile.mkdtemp(prefix="cxrflow-channel-"))
+    channel = channel_dir / "channel.jsonl"
+    env = {PIPELINE_RUN_ENV: new_pipeline_run_id(), **(env or {}), CHANNEL_ENV: str(channel)}
     out = sys.stdout if out is None else out
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -126,6 +135,7 @@ def run_local(
         verbose=verbose,
         pipeline_root=root,
         step_names=_step_names(pipeline_func),
+        channel=channel,
     )
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
@@ -135,6 +145,7 @@ def run_local(
     failure: RuntimeError | None = None
     with warm.started(env) as server:
         try:
+            console.follow()
             with _environ(env), _captured(console):
                 try:
                     task = pipeline_func(**arguments)
@@ -144,6 +155,7 @@ def run_local(
                     failure = exc
         finally:
             console.close()
+            shutil.rmtree(channel_dir, ignore_errors=True)
             run_name = console.run_name or _new_run(root, before, pipeline_name)
             if run_name:
                 console.move_to(logs / run_name)

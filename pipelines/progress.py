@@ -15,8 +15,14 @@ as it ends (status, duration, the step's summary line), plus training progress: 
 in place when the console is a terminal, otherwise at most one line per epoch and per
 ``NON_TTY_PROGRESS_SECONDS`` (nothing for quick runs, a heartbeat for long ones).
 
-Each step's timing line (``cxrflow.steps.TIMING_MARKER``: where its time went, by phase) is
-kept in its :class:`StepRecord`; the runner writes them all to ``<log_dir>/steps.json``.
+Steps report to the runner through its channel (:mod:`cxrflow.logs`: a file of JSON lines
+named by ``CXRFLOW_RUNNER_CHANNEL``), not on stdout: their summary (shown on the step's end
+line), training progress and timing report (where the time went, by phase; kept in the step's
+:class:`StepRecord`, which the runner writes to ``<log_dir>/steps.json``). :class:`RunConsole`
+follows the channel file while the run goes (:meth:`RunConsole.follow`) and reads it to the end
+before it takes a step's end line, so a step's last reports are in before its end is shown;
+each record goes to the step it names, so steps running at once keep theirs apart. The step's
+log file gets each record as a marked line (``::cxrflow-summary:: <step>: <text>``, ...).
 
 This module imports neither kfp nor cxrflow's heavy dependencies; it only parses text.
 """
@@ -37,14 +43,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from cxrflow.logs import PROGRESS_MARKER, SUMMARY_MARKER
-from cxrflow.steps import TIMING_MARKER
+from cxrflow.logs import (
+    PROGRESS_KIND,
+    PROGRESS_MARKER,
+    SUMMARY_KIND,
+    SUMMARY_MARKER,
+    TIMING_KIND,
+    TIMING_MARKER,
+)
 
 NON_TTY_PROGRESS_SECONDS = 30.0
 """Without a terminal, the least time between two progress lines of one step."""
 
 RUN_LOG_NAME = "pipeline.log"
 """The file in a run's log folder holding the raw stream of the whole run."""
+
+CHANNEL_POLL_SECONDS = 0.25
+"""How often :meth:`RunConsole.follow` reads new records from the runner's channel."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # kfp.local.task_dispatcher: logging.info(f"Executing task {name!r}") and
@@ -110,10 +125,10 @@ class StepRecord:
         name: the step key (``model_0``), from kfp's task name.
         status: ``running``, ``ok`` or ``FAILED``.
         seconds: wall time from kfp's start line to its end line.
-        summary: the text of the step's last summary marker line, or ``""``.
+        summary: the text of the step's last summary report, or ``""``.
         error: for a failed step, its last error line.
         started_at: when kfp's start line came (epoch seconds).
-        timing: the step's own timing report (:class:`cxrflow.steps.StepTimes`), if it wrote
+        timing: the step's own timing report (:class:`cxrflow.steps.StepTimes`), if it sent
             one: phases in seconds and the process start, entry and end times.
     """
 
@@ -144,6 +159,41 @@ class _Live:
     progress_printed_at: float = 0.0
 
 
+class ChannelReader:
+    """Reads the records appended to a runner's channel file since the last read.
+
+    Args:
+        path: the channel file (see :mod:`cxrflow.logs`); missing until the first record.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        """The complete records appended since the last call, oldest first.
+
+        A line that is not a JSON object is skipped: a garbled report costs the report, not
+        the run.
+        """
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        records = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append(record)
+        return records
+
+
 class RunConsole:
     """Turns the raw stream of a kfp.local run into log files and a short console display.
 
@@ -155,6 +205,8 @@ class RunConsole:
         pipeline_root: kfp's pipeline root; the first path under it seen in the stream names
             the run (``run_name``), and ``log_dir`` is then renamed to a sibling of that name.
         step_names: the steps expected, to line the columns up from the first line.
+        channel: the runner's channel file the steps report to (see :mod:`cxrflow.logs`);
+            read by :meth:`poll_channel`, :meth:`follow` and before each step's end.
     """
 
     def __init__(
@@ -166,6 +218,7 @@ class RunConsole:
         tty: bool | None = None,
         pipeline_root: Path | None = None,
         step_names: Iterable[str] = (),
+        channel: Path | None = None,
     ) -> None:
         self.out = out
         self.log_dir = log_dir
@@ -184,6 +237,9 @@ class RunConsole:
         self._progress_shown = False
         self._lock = threading.RLock()
         self._width = max((len(name) + 2 for name in step_names), default=0)
+        self._channel = ChannelReader(channel) if channel is not None else None
+        self._following: threading.Thread | None = None
+        self._stop_following = threading.Event()
         log_dir.mkdir(parents=True, exist_ok=True)
         self._run_log = (log_dir / RUN_LOG_NAME).open("a", encoding="utf-8")
 
@@ -214,6 +270,8 @@ class RunConsole:
             return
         end = _TASK_END.match(line)
         if end:
+            # the step has exited: whatever it reported is in the channel now
+            self.poll_channel()
             self._end(end["task"], end["status"])
             return
         task = self._by_thread.get(ident)
@@ -229,21 +287,10 @@ class RunConsole:
                 live.log.flush()
         live.log.write(text + "\n")
         live.tail.append(text)
-        self._markers(live, text)
+        self._keras_progress(live, text)
 
-    def _markers(self, live: _Live, text: str) -> None:
-        if text.startswith(SUMMARY_MARKER):
-            live.record.summary = _strip_step(text[len(SUMMARY_MARKER) :].strip(), live)
-        elif text.startswith(TIMING_MARKER):
-            # a garbled timing line costs the report, not the run
-            with contextlib.suppress(ValueError):
-                live.record.timing = dict(json.loads(text[len(TIMING_MARKER) :]))
-        elif text.startswith(PROGRESS_MARKER):
-            live.marked = True
-            progress = _strip_step(text[len(PROGRESS_MARKER) :].strip(), live)
-            epoch = _EPOCH_IN_TEXT.search(progress)
-            self._progress(live, progress, epoch.group(0) if epoch else progress)
-        elif not live.marked:  # Keras' own lines, for steps that emit no progress markers
+    def _keras_progress(self, live: _Live, text: str) -> None:
+        if not live.marked:  # Keras' own lines, for steps that report no progress themselves
             keras = _KERAS_EPOCH.match(text.strip())
             if keras:
                 self._progress(live, f"epoch {keras['n']}/{keras['total']}", keras["n"])
@@ -255,6 +302,71 @@ class RunConsole:
                 if metrics and live.progress.startswith("epoch "):
                     head = live.progress.split(" ", 2)[:2]
                     self._progress(live, " ".join([*head, metrics]), live.epoch)
+
+    # ---- the channel -------------------------------------------------------------------------
+
+    def poll_channel(self) -> None:
+        """Take every record the steps appended to the channel since the last poll."""
+        if self._channel is None:
+            return
+        with self._lock:
+            for record in self._channel.read():
+                self.take(record)
+
+    def follow(self, interval: float = CHANNEL_POLL_SECONDS) -> None:
+        """Poll the channel every ``interval`` seconds in a thread, until :meth:`close`."""
+        if self._channel is None or self._following is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop_following.wait(interval):
+                self.poll_channel()
+
+        self._following = threading.Thread(target=loop, name="cxrflow-channel", daemon=True)
+        self._following.start()
+
+    def take(self, record: dict[str, Any]) -> None:
+        """Take one record a step reported (see :mod:`cxrflow.logs` for its fields)."""
+        with self._lock:
+            kind, step = record.get("kind"), str(record.get("step", ""))
+            live = self._live_by_name(step)
+            done = None if live is not None else self._done_by_name(step)
+            if live is None and done is None and len(self._live) == 1:
+                # a step that names itself unlike its task: the one running is the sender
+                live = next(iter(self._live.values()))
+            if live is None:
+                if done is not None and kind == TIMING_KIND:
+                    done.timing = dict(record.get("report") or {})
+                elif done is not None and kind == SUMMARY_KIND:
+                    done.summary = str(record.get("text", ""))
+                return
+            if kind == TIMING_KIND:
+                report = dict(record.get("report") or {})
+                live.record.timing = report
+                live.log.write(f"{TIMING_MARKER} {json.dumps(report, sort_keys=True)}\n")
+            elif kind == SUMMARY_KIND:
+                live.record.summary = str(record.get("text", ""))
+                live.log.write(f"{SUMMARY_MARKER} {step}: {live.record.summary}\n")
+            elif kind == PROGRESS_KIND:
+                progress = str(record.get("text", ""))
+                live.log.write(f"{PROGRESS_MARKER} {step}: {progress}\n")
+                live.marked = True
+                epoch = _EPOCH_IN_TEXT.search(progress)
+                self._progress(live, progress, epoch.group(0) if epoch else progress)
+            live.log.flush()
+
+    def _live_by_name(self, step: str) -> _Live | None:
+        return next(
+            (
+                live
+                for live in self._live.values()
+                if step in (live.record.name, live.task) or step_key(step) == live.record.name
+            ),
+            None,
+        )
+
+    def _done_by_name(self, step: str) -> StepRecord | None:
+        return next((s for s in reversed(self.steps) if s.name == step_key(step)), None)
 
     # ---- steps -------------------------------------------------------------------------------
 
@@ -347,8 +459,16 @@ class RunConsole:
             self.log_dir = log_dir
 
     def close(self) -> None:
-        """Flush partial lines, close every log file and clear a live progress line."""
+        """Take the channel's last records and partial lines; close the logs; clear progress.
+
+        Also stops :meth:`follow`'s thread.
+        """
+        if self._following is not None:
+            self._stop_following.set()
+            self._following.join()
+            self._following = None
         with self._lock:
+            self.poll_channel()
             for ident, rest in list(self._partial.items()):
                 self._line(ident, rest)
             self._partial.clear()
@@ -382,13 +502,6 @@ class StreamCapture(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
-
-
-def _strip_step(text: str, live: _Live) -> str:
-    head, sep, rest = text.partition(": ")
-    if sep and head in (live.record.name, live.task):
-        return rest.strip()
-    return text
 
 
 def _duration(seconds: float) -> str:

@@ -23,204 +23,49 @@ The namespace of a multi-user deployment comes from ``--namespace`` or ``KFP_NAM
     cxrflow pipeline runs --limit 5
 
 KFP cron expressions have six fields, seconds first: ``0 0 2 * * *`` is 02:00:00 every day.
+
+Connecting (:mod:`pipelines.kfp_client`) and the records shown for schedules and runs
+(:mod:`pipelines.run_records`) live in sibling modules; this module builds the arguments and
+submits, schedules and lists.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-import os
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import kfp
-import kfp_server_api
-import urllib3
 import yaml
 
-from cxrflow.config import (
-    Params,
-    params_from_dict,
-    params_from_kfp,
-    params_to_dict,
-    params_to_kfp,
+from cxrflow.config import Params, params_from_dict, params_from_kfp, params_to_dict, params_to_kfp
+from pipelines.kfp_client import (
+    DEFAULT_SERVICE_ACCOUNT,
+    HOST_ENV,
+    KUBE_CONTEXT_ENV,
+    KUBE_PROXY_PATH,
+    NAMESPACE_ENV,
+    SERVICE_ACCOUNT_ENV,
+    TOKEN_ENV,
+    KfpApiError,
+    _talks_to_kfp,
+    make_client,
+    resolve_namespace,
+    resolve_service_account,
 )
+from pipelines.run_records import DataVersion, RunInfo, ScheduleInfo
 
-HOST_ENV = "KFP_HOST"
-NAMESPACE_ENV = "KFP_NAMESPACE"
-TOKEN_ENV = "KFP_TOKEN"
-SERVICE_ACCOUNT_ENV = "KFP_SERVICE_ACCOUNT"
-KUBE_CONTEXT_ENV = "KFP_KUBE_CONTEXT"
 DEFAULT_PACKAGE = "build/cxrflow-pipeline.yaml"
 DEFAULT_EXPERIMENT = "cxrflow"
 DEFAULT_JOB_NAME = "cxrflow-nightly"
-# infra/k8s/pipeline-runs: reads exactly the ConfigMap and Secret the steps need
-DEFAULT_SERVICE_ACCOUNT = "cxrflow-pipeline-runner"
+
+
 NIGHTLY_CRON = "0 0 2 * * *"
-# where kfp.Client itself reaches KFP through the API server (kfp.Client._KUBE_PROXY_PATH)
-KUBE_PROXY_PATH = "api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy/"
+
+
 _PAGE_SIZE = 100
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class KfpApiError(RuntimeError):
-    """The KFP API refused a request or could not be reached (status and message, one line)."""
-
-
-def _api_message(body: Any) -> str:
-    """The ``message`` of a google.rpc.Status error body, else the body itself (shortened)."""
-    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
-    try:
-        message = json.loads(text).get("message") or text
-    except (ValueError, AttributeError):
-        message = text
-    return " ".join(str(message).split())[:300]
-
-
-@contextmanager
-def _api_errors() -> Iterator[None]:
-    # urllib3 logs a warning per retry of a refused connection; the one error line says it
-    pool_log = logging.getLogger("urllib3.connectionpool")
-    level = pool_log.level
-    if not pool_log.isEnabledFor(logging.DEBUG):
-        pool_log.setLevel(logging.ERROR)
-    try:
-        yield
-    except kfp_server_api.ApiException as exc:
-        raise KfpApiError(
-            f"KFP API answered {exc.status} {exc.reason}: {_api_message(exc.body)}"
-        ) from exc
-    except (urllib3.exceptions.HTTPError, TimeoutError) as exc:
-        raise KfpApiError(f"cannot reach the KFP API: {exc}") from exc
-    finally:
-        pool_log.setLevel(level)
-
-
-def _talks_to_kfp(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn the client's HTTP errors into one-line :class:`KfpApiError` errors."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with _api_errors():
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-def resolve_namespace(namespace: str | None = None) -> str | None:
-    """``namespace``, else ``$KFP_NAMESPACE``, else ``None`` (the client's default)."""
-    return namespace or os.environ.get(NAMESPACE_ENV, "").strip() or None
-
-
-def resolve_service_account(service_account: str | None = None) -> str | None:
-    """The ServiceAccount runs execute as.
-
-    ``service_account``, else ``$KFP_SERVICE_ACCOUNT``, else ``cxrflow-pipeline-runner`` (the
-    one ``infra/k8s/pipeline-runs`` creates). An empty string (``--service-account ""``) names
-    none, so KFP uses its own ``pipeline-runner``.
-    """
-    if service_account is None:
-        service_account = os.environ.get(SERVICE_ACCOUNT_ENV, DEFAULT_SERVICE_ACCOUNT)
-    return service_account.strip() or None
-
-
-def _kube_endpoint(context: str) -> dict[str, Any]:
-    """``kfp.Client`` arguments that reach KFP through the kubeconfig ``context``.
-
-    The API server proxies the ``ml-pipeline`` service of namespace ``kubeflow`` (the path
-    ``kfp.Client`` itself uses). Not ``kfp.Client(kube_context=...)`` for token users (OIDC,
-    exec plugins, service-account tokens): the kubernetes client's token refresh hook resets
-    the configuration's host before every request, so kfp's proxy path is lost and every call
-    goes to the bare API server (kubeflow/pipelines#8313). Users with client certificates have
-    no such hook, and ``kfp.Client`` has no certificate options, so they keep kfp's own path.
-
-    Raises:
-        ValueError: If there is no kubeconfig or no such context in it (``kfp.Client`` would
-            only print "Failed to load kube config." and then talk to localhost).
-    """
-    from kubernetes import config as k8s_config
-
-    try:
-        contexts, _ = k8s_config.list_kube_config_contexts()
-    except (k8s_config.ConfigException, OSError) as exc:
-        raise ValueError(f"kube context {context!r}: no usable kubeconfig ({exc})") from exc
-    names = [c["name"] for c in contexts or []]
-    if context not in names:
-        raise ValueError(
-            f"kube context {context!r} is not in the kubeconfig (contexts: {', '.join(names)})"
-        )
-    k8s = kfp_server_api.Configuration()
-    k8s_config.load_kube_config(client_configuration=k8s, context=context, persist_config=False)
-    token = (k8s.get_api_key_with_prefix("authorization") or "").removeprefix("Bearer ").strip()
-    if not token:
-        return {"kube_context": context}
-    return {
-        "host": f"{k8s.host.rstrip('/')}/{KUBE_PROXY_PATH}",
-        "existing_token": token,
-        "ssl_ca_cert": k8s.ssl_ca_cert,
-        "verify_ssl": k8s.verify_ssl,
-    }
-
-
-@_talks_to_kfp
-def make_client(
-    host: str | None = None, namespace: str | None = None, kube_context: str | None = None
-) -> kfp.Client:
-    """A ``kfp.Client`` for an API endpoint (with ``$KFP_TOKEN``) or a kubeconfig context.
-
-    Arguments win over the environment: ``host``, else ``kube_context``, else ``$KFP_HOST``,
-    else ``$KFP_KUBE_CONTEXT``. Through a kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``),
-    the client reaches the ``ml-pipeline`` service of namespace ``kubeflow`` through the
-    Kubernetes API server's proxy with the context's credentials; ``KFP_TOKEN`` is then not
-    used.
-
-    Args:
-        host: KFP API endpoint, e.g. ``http://localhost:8080``.
-        namespace: Kubernetes namespace of a multi-user deployment; ``None`` reads
-            ``KFP_NAMESPACE`` and otherwise keeps the client's default.
-        kube_context: A context of the kubeconfig.
-
-    Returns:
-        The connected client.
-
-    Raises:
-        ValueError: If no endpoint is given, both ``host`` and ``kube_context`` are, or the
-            context is not in the kubeconfig.
-    """
-    if host and kube_context:
-        raise ValueError("give --host or --kube-context, not both")
-    if not host and not kube_context:
-        host = os.environ.get(HOST_ENV, "").strip() or None
-        kube_context = None if host else os.environ.get(KUBE_CONTEXT_ENV, "").strip() or None
-    kwargs: dict[str, Any]
-    if host:
-        kwargs = {"host": host}
-        token = os.environ.get(TOKEN_ENV, "").strip()
-        if token:
-            kwargs["existing_token"] = token
-    elif kube_context:
-        kwargs = _kube_endpoint(kube_context)
-    else:
-        raise ValueError(
-            f"no Kubeflow Pipelines host: pass --host or set {HOST_ENV} "
-            f"(or --kube-context / {KUBE_CONTEXT_ENV} to go through a kubeconfig)"
-        )
-    namespace = resolve_namespace(namespace)
-    if namespace and "host" in kwargs:
-        # Not with kfp's own kubeconfig path: it would build the proxy path from it. The
-        # functions below pass the namespace with every call anyway.
-        kwargs["namespace"] = namespace
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "This client only works", FutureWarning)
-        return kfp.Client(**kwargs)
 
 
 def pipeline_parameters(package_path: str | Path) -> dict[str, Any]:
@@ -486,110 +331,6 @@ def schedule_nightly(
     return str(job.recurring_run_id)
 
 
-# ------------------------------------------------------------------- what is on the cluster
-
-
-@dataclass(frozen=True)
-class DataVersion:
-    """Which data a run read, from its ``params`` (``data.registry`` / ``data.version``)."""
-
-    version: str  # a registry tag/commit, "HEAD" (unpinned), "local", "phantom" or "?"
-    registry: str | None = None
-
-    @classmethod
-    def of(cls, params: Mapping[str, Any] | None) -> DataVersion:
-        """Read leniently (runs of older packages must still list); KFP's ``""`` is null."""
-        if not isinstance(params, Mapping):
-            return cls("?")
-        data = params.get("data")
-        data = data if isinstance(data, Mapping) else {}
-        registry = data.get("registry") or None
-        if registry:
-            return cls(str(data.get("version") or "HEAD"), str(registry))
-        return cls("local" if data.get("sources") else "phantom")
-
-
-def _run_params(runtime_config: Any, pipeline_spec: Any) -> Mapping[str, Any] | None:
-    """The ``params`` a run or schedule was given, else its inline package's default."""
-    given = getattr(runtime_config, "parameters", None) or {}
-    if isinstance(given.get("params"), Mapping):
-        return dict(given["params"])
-    spec = pipeline_spec or {}
-    spec = spec.get("pipeline_spec", spec)  # {pipeline_spec, platform_spec} with a platform spec
-    declared = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
-    default = declared.get("params", {}).get("defaultValue")
-    return default if isinstance(default, Mapping) else None
-
-
-def _time(value: Any) -> datetime | None:
-    """A timestamp in UTC; the API's Unix epoch means "not set"."""
-    if not isinstance(value, datetime) or value.timestamp() <= 0:
-        return None
-    return value.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class ScheduleInfo:
-    """A recurring run, as ``cxrflow pipeline schedule list`` shows it."""
-
-    recurring_run_id: str
-    name: str
-    enabled: bool
-    cron: str
-    max_concurrency: int
-    catchup: bool
-    data: DataVersion
-    created_at: datetime | None
-
-    @classmethod
-    def of(cls, job: Any) -> ScheduleInfo:
-        """From a ``V2beta1RecurringRun``."""
-        trigger = job.trigger
-        if trigger is not None and trigger.cron_schedule is not None:
-            cron = str(trigger.cron_schedule.cron)
-        elif trigger is not None and trigger.periodic_schedule is not None:
-            cron = f"every {trigger.periodic_schedule.interval_second}s"
-        else:
-            cron = "?"
-        status = job.status or ("ENABLED" if job.mode == "ENABLE" else "DISABLED")
-        return cls(
-            recurring_run_id=str(job.recurring_run_id),
-            name=str(job.display_name),
-            enabled=status == "ENABLED",
-            cron=cron,
-            max_concurrency=int(job.max_concurrency or 1),  # int64: a string in JSON
-            catchup=not job.no_catchup,
-            data=DataVersion.of(_run_params(job.runtime_config, job.pipeline_spec)),
-            created_at=_time(job.created_at),
-        )
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A run, as ``cxrflow pipeline runs`` shows it."""
-
-    run_id: str
-    name: str
-    state: str
-    created_at: datetime | None
-    finished_at: datetime | None
-    data: DataVersion
-    recurring_run_id: str | None
-
-    @classmethod
-    def of(cls, run: Any) -> RunInfo:
-        """From a ``V2beta1Run``."""
-        return cls(
-            run_id=str(run.run_id),
-            name=str(run.display_name),
-            state=str(run.state or "RUNTIME_STATE_UNSPECIFIED"),
-            created_at=_time(run.created_at),
-            finished_at=_time(run.finished_at),
-            data=DataVersion.of(_run_params(run.runtime_config, run.pipeline_spec)),
-            recurring_run_id=run.recurring_run_id or None,
-        )
-
-
 @_talks_to_kfp
 def list_schedules(
     client: kfp.Client, experiment: str = DEFAULT_EXPERIMENT, *, namespace: str | None = None
@@ -708,3 +449,36 @@ def list_runs(
         if not token:
             break
     return runs[:limit]
+
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_JOB_NAME",
+    "DEFAULT_PACKAGE",
+    "DEFAULT_SERVICE_ACCOUNT",
+    "HOST_ENV",
+    "KUBE_CONTEXT_ENV",
+    "KUBE_PROXY_PATH",
+    "NAMESPACE_ENV",
+    "NIGHTLY_CRON",
+    "SCHEDULE_ACTIONS",
+    "SERVICE_ACCOUNT_ENV",
+    "TOKEN_ENV",
+    "DataVersion",
+    "KfpApiError",
+    "RunInfo",
+    "ScheduleInfo",
+    "change_schedule",
+    "default_run_name",
+    "list_runs",
+    "list_schedules",
+    "make_client",
+    "package_params",
+    "pipeline_parameters",
+    "resolve_arguments",
+    "resolve_namespace",
+    "resolve_service_account",
+    "schedule_nightly",
+    "submit_run",
+    "validate_cron",
+]

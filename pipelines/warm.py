@@ -15,7 +15,14 @@ the client goes away, the waiter terminates the step.
 Whenever no server answers (not ready yet, disabled with ``CXRFLOW_WARM=0``, failed), the
 client replaces itself with the real interpreter (``os.execv``): the same command, started
 cold. A warm start never changes what runs, only where the imports happened; a step started
-warm has ``CXRFLOW_WARM_STARTED=1`` in its environment (recorded in its timing line).
+warm has ``CXRFLOW_WARM_STARTED=1`` in its environment (recorded in its timing report), and
+the rest of its environment is the client's, the runner's channel
+(``CXRFLOW_RUNNER_CHANNEL``, :mod:`cxrflow.logs`) included.
+
+The client gets into kfp.local's command by patching a private kfp function,
+``kfp.local.subprocess_task_handler.replace_python_executable`` (:data:`KFP_PATCH_POINT`).
+:func:`started` checks it first: where kfp no longer has it, or its parameters changed, the
+run starts every step cold, with one warning, rather than fail.
 
 Fork safety: the server only imports (no TensorFlow op, no MLflow call). It refuses to serve
 (steps then start cold) if a Python thread runs after the imports; native worker pools that
@@ -49,22 +56,26 @@ DISABLE_ENV = "CXRFLOW_WARM"
 STARTED_ENV = "CXRFLOW_WARM_STARTED"
 """Set to ``1`` in a step's environment when it was forked from the warm server."""
 
-PRELOAD: tuple[str, ...] = (
-    "kfp.dsl.executor_main",
-    "numpy",
-    "PIL.Image",
-    "mlflow",
-    "mlflow.keras",
-    "tensorflow",
-    "keras",
-    "sklearn.linear_model",
-    "cxrflow.steps",
-    "cxrflow.train",
-    "cxrflow.evaluate",
-    "cxrflow.audit",
-    "cxrflow.register",
-)
-"""What the server imports once (in this order; one that fails to import is skipped)."""
+KFP_PATCH_POINT = ("kfp.local.subprocess_task_handler", "replace_python_executable")
+"""The private kfp function :func:`started` wraps: (module, attribute)."""
+KFP_PATCH_PARAMETERS = ("full_command", "new_executable")
+"""Its parameters as the wrapper expects them (as of kfp 2.17)."""
+
+RUNNER_PRELOAD: tuple[str, ...] = ("kfp.dsl.executor_main",)
+"""What every step's process runs first (KFP's executor), before the steps' own imports."""
+
+
+def preload_modules() -> tuple[str, ...]:
+    """The modules a warm server imports once, in order: KFP's executor, then what the step
+    registry says the steps import (:func:`cxrflow.steps.registry.preload_modules`).
+
+    Returns:
+        Module names; one that fails to import is skipped by :func:`serve`.
+    """
+    from cxrflow.steps.registry import preload_modules as step_modules
+
+    return (*RUNNER_PRELOAD, *step_modules())
+
 
 _GO = b"F"  # the byte that carries the client's three standard streams
 
@@ -236,10 +247,20 @@ def _wait_step(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> 
         os._exit(0)
 
 
-def serve(path: str, parent: int, modules: Sequence[str] = PRELOAD) -> int:
-    """Import ``modules``, then serve warm starts on ``path`` until ``parent`` exits."""
+def serve(path: str, parent: int, modules: Sequence[str] | None = None) -> int:
+    """Import ``modules``, then serve warm starts on ``path`` until ``parent`` exits.
+
+    Args:
+        path: the Unix socket to listen on.
+        parent: the runner's pid; the server leaves once it is gone.
+        modules: what to import first; default :func:`preload_modules`.
+
+    Returns:
+        The exit status: 0 after serving, 3 when it refused to (threads after the imports).
+    """
     import importlib
 
+    modules = preload_modules() if modules is None else tuple(modules)
     t0 = time.perf_counter()
     failed: dict[str, str] = {}
     for name in modules:
@@ -353,6 +374,35 @@ class WarmServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def kfp_patch_point() -> tuple[Any, str | None]:
+    """kfp.local's private function that :func:`started` wraps, checked against what it expects.
+
+    Returns:
+        ``(module, None)`` when ``module.replace_python_executable`` is there with the expected
+        parameters (:data:`KFP_PATCH_PARAMETERS`), else ``(None, why)``.
+    """
+    import importlib
+    import inspect
+
+    module_name, attr = KFP_PATCH_POINT
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return None, f"{module_name} does not import ({exc})"
+    function = getattr(module, attr, None)
+    if not callable(function):
+        return None, f"{module_name}.{attr} is gone"
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError) as exc:
+        return None, f"{module_name}.{attr} has no readable signature ({exc})"
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = tuple(p.name for p in parameters)
+    if names != KFP_PATCH_PARAMETERS or any(p.kind not in positional for p in parameters):
+        return None, f"{module_name}.{attr}{inspect.signature(function)} changed"
+    return module, None
+
+
 def client_command() -> str:
     """What replaces ``python3`` in a step's command: this file as a stdlib-only client."""
     return f"{sys.executable} -I -S {Path(__file__).resolve()}"
@@ -364,8 +414,9 @@ def started(env: Mapping[str, str] | None = None) -> Iterator[WarmServer | None]
 
     Points kfp.local's SubprocessRunner at the client (it replaces ``python3`` in each step's
     command) and sets :data:`SOCKET_ENV`; both are undone on exit and the server stopped.
-    Yields None when ``CXRFLOW_WARM=0`` or where Unix sockets, ``fork`` or ``pidfd_open`` are
-    missing (every step then starts cold, as plain kfp.local does).
+    Yields None when ``CXRFLOW_WARM=0``, where Unix sockets, ``fork`` or ``pidfd_open`` are
+    missing, or when kfp's private function changed (:func:`kfp_patch_point`; one warning):
+    every step then starts cold, as plain kfp.local does.
 
     Args:
         env: Variables the run sets for its steps, also set for the server (some libraries
@@ -378,8 +429,16 @@ def started(env: Mapping[str, str] | None = None) -> Iterator[WarmServer | None]
     if os.environ.get(DISABLE_ENV) == "0" or not usable:
         yield None
         return
-    from kfp.local import subprocess_task_handler as handler
+    handler, why = kfp_patch_point()
+    if handler is None:
+        import logging
 
+        logging.getLogger(__name__).warning(
+            "warm starts off, every step starts cold: kfp changed: %s", why
+        )
+        yield None
+        return
+    _module_name, attr = KFP_PATCH_POINT
     folder = Path(tempfile.mkdtemp(prefix="cxrflow-warm-"))
     with (folder / "server.log").open("wb") as server_log:
         process = subprocess.Popen(
@@ -391,20 +450,20 @@ def started(env: Mapping[str, str] | None = None) -> Iterator[WarmServer | None]
             env={**os.environ, **(env or {}), "CXRFLOW_WARM_PARENT": str(os.getpid())},
         )
     warm = WarmServer(process, folder)
-    original = handler.replace_python_executable
+    original = getattr(handler, attr)
     client_exe = client_command()
 
     def replace(full_command: list[str], new_executable: str) -> list[str]:
         exe = client_exe if new_executable == sys.executable else new_executable
         return list(original(full_command, exe))
 
-    handler.replace_python_executable = replace
+    setattr(handler, attr, replace)
     previous = os.environ.get(SOCKET_ENV)
     os.environ[SOCKET_ENV] = warm.socket
     try:
         yield warm
     finally:
-        handler.replace_python_executable = original
+        setattr(handler, attr, original)
         if previous is None:
             os.environ.pop(SOCKET_ENV, None)
         else:
@@ -418,6 +477,8 @@ if __name__ == "__main__":
         if parent == 1:  # orphaned before it started: nobody to serve
             sys.exit(0)
         preload = os.environ.get("CXRFLOW_WARM_PRELOAD")  # comma-separated; tests use their own
-        modules = tuple(m for m in preload.split(",") if m) if preload is not None else PRELOAD
+        modules = (
+            tuple(m for m in preload.split(",") if m) if preload is not None else preload_modules()
+        )
         sys.exit(serve(sys.argv[2], parent, modules))
     client(sys.argv[1:])

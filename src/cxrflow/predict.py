@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrflow import tables
 from cxrflow.datasets import preprocess_image
 
 
@@ -172,25 +173,22 @@ def _default_max_pixels() -> int:
 
 
 def format_table(preds: Sequence[Prediction], classes: Sequence[str]) -> str:
-    """Fixed-width table: path, predicted class and one column per class probability."""
-    header = ["path", "predicted", *classes]
-    rows = []
+    """Aligned table for a terminal: path, predicted class and one column per class
+    probability; when a file failed, an ``error`` column says why (its class is ``ERROR``)."""
+    errors = any(p.error for p in preds)
+    header = ["path", "predicted", *classes, *(["error"] if errors else [])]
+    rows: list[list[object]] = []
     for p in preds:
         if p.error:
-            rows.append([p.path, "ERROR", p.error])
+            rows.append([p.path, "ERROR", *([""] * len(classes)), p.error])
         else:
             assert p.probabilities is not None
             rows.append(
                 [p.path, p.predicted or "", *(f"{p.probabilities[c]:.4f}" for c in classes)]
             )
-    width = max([len(header[0])] + [len(r[0]) for r in rows])
-    lines = [f"{header[0]:<{width}}  {header[1]:<10}  " + "  ".join(f"{c:>9}" for c in classes)]
-    for r in rows:
-        if r[1] == "ERROR":
-            lines.append(f"{r[0]:<{width}}  {'ERROR':<10}  {r[2]}")
-        else:
-            lines.append(f"{r[0]:<{width}}  {r[1]:<10}  " + "  ".join(f"{v:>9}" for v in r[2:]))
-    return "\n".join(lines)
+    right: list[tables.Align] = ["right"] * len(classes)  # probabilities line up on the point
+    align: list[tables.Align] = ["left", "left", *right, "left"]
+    return tables.format_table(header, rows, "plain", align=align[: len(header)])
 
 
 def format_json(preds: Sequence[Prediction]) -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxrflow.tables import format_table
+
 PAPER = {
     # Katsamenis et al. 2020, Figures 4-5 and section 4.2 (test set of Dataset_1, in %)
     "model_1": {
@@ -98,9 +100,7 @@ def _metric_block(m: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
+    return format_table(header, rows).splitlines()
 
 
 def _audit_rows(audit: Mapping[str, Any]) -> list[str]:
@@ -206,7 +206,7 @@ def build_report(
         The Markdown and HTML paths.
     """
     from cxrflow.config import params_hash
-    from cxrflow.htmlpack import inline_html
+    from cxrflow.htmlpack import render_page
 
     out = Path(out_dir)
     files = out / "reproduction_files"
@@ -379,23 +379,10 @@ def build_report(
         "```",
         "",
     ]
+    text = "\n".join(lines)
     md = out / "reproduction.md"
-    md.write_text("\n".join(lines))
+    md.write_text(text)
     html_path = out / "reproduction.html"
-    body = _markdown_to_html("\n".join(lines))
-    page = out / ".reproduction.raw.html"
-    page.write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>cxrflow reproduction</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
-        "img{max-width:100%}</style></head><body>" + body + "</body></html>"
-    )
-    html_path.write_text(inline_html(page))
-    page.unlink()
+    # the same document, rendered and with its figures inlined (one path for every page)
+    html_path.write_text(render_page(text, title="cxrflow reproduction", base=out))
     return md, html_path
-
-
-def _markdown_to_html(text: str) -> str:
-    from markdown_it import MarkdownIt
-
-    return str(MarkdownIt("commonmark").enable("table").render(text))

@@ -20,20 +20,16 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from cxrflow.names import (
+    TAG_KIND,
+    TAG_LAST_PHASE,
+    TAG_MODEL_KEY,
+    TAG_PIPELINE_RUN,
+)
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-TAG_PIPELINE_RUN = "cxrflow.pipeline_run_id"
-TAG_MODEL_KEY = "cxrflow.model_key"
-TAG_STEP = "cxrflow.step"
-TAG_KIND = "cxrflow.run_kind"
-TAG_PROFILE = "cxrflow.profile"
-TAG_MANIFEST_HASH = "cxrflow.data.manifest_hash"
-TAG_DATA_VERSION = "cxrflow.data.version"
-TAG_DATA_ORIGIN = "cxrflow.data.origin"
-TAG_GIT_COMMIT = "cxrflow.git_commit"
-TAG_PRETRAINED = "cxrflow.pretrained_weights"
-TAG_DATA_REUSED_FROM = "cxrflow.data.reused_from"
 
 
 def tracking_uri() -> str:
@@ -292,7 +288,7 @@ def make_epoch_logger(run_id: str, phase: str, step_offset: int = 0) -> Any:
                 if isinstance(v, int | float) or hasattr(v, "__float__")
             ]
             client.log_batch(run_id, metrics=metrics)
-            client.set_tag(run_id, "cxrflow.last_phase", phase)
+            client.set_tag(run_id, TAG_LAST_PHASE, phase)
 
     return _EpochLogger()
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cxrflow.config import DATA_STEPS, load_params
+from cxrflow.config import load_params
 from cxrflow.steps import PIPELINE_RUN_ENV
+from cxrflow.steps.registry import data_steps
 from pipelines.compile import compile_pipeline
 from pipelines.cxrflow_pipeline import (
     GPU_NODE_SELECTOR,
@@ -103,7 +104,7 @@ def test_the_cacheable_steps_take_no_per_run_input(paper) -> None:
     for step in compiled.tasks:
         inputs = compiled.tasks[step]["inputs"].get("parameters", {})
         env = compiled.kubernetes(step).get("fieldPathAsEnv", [])
-        if step in DATA_STEPS:
+        if step in data_steps():
             assert set(inputs) == {"params"}, step
             assert env == [{"name": PIPELINE_RUN_ENV, "fieldPath": RUN_ID_FIELD}], step
         else:

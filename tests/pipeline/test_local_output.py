@@ -152,9 +152,13 @@ def test_failed_step_raises_one_line_naming_step_error_and_log(tmp_path: Path) -
     assert len(lines) == 4
 
 
-def _feed(console: RunConsole, task: str, body: list[str]) -> None:
+def _feed(
+    console: RunConsole, task: str, body: list[str], reports: list[dict[str, str]] | None = None
+) -> None:
     console.write(f"12:00:00.000 - INFO - Executing task \x1b[96m'{task}'\x1b[0m\n")
     console.write("".join(f"    {line}\n" for line in body))
+    for report in reports or []:  # what the step sent through the runner's channel
+        console.take(report)
     console.write(
         f"12:00:01.000 - INFO - Task \x1b[96m'{task}'\x1b[0m finished with status "
         "\x1b[92mSUCCESS\x1b[0m\n"
@@ -178,7 +182,8 @@ def test_progress_rewrites_one_line_on_a_terminal(tmp_path: Path) -> None:
 def test_no_progress_lines_for_quick_steps_without_a_terminal(tmp_path: Path) -> None:
     out = io.StringIO()
     console = RunConsole(out, tmp_path / "logs", tty=False)
-    _feed(console, "model-1", [f"::cxrflow-progress:: model_1: epoch {e}/40" for e in (1, 2)])
+    progress = [{"kind": "progress", "step": "model_1", "text": f"epoch {e}/40"} for e in (1, 2)]
+    _feed(console, "model-1", [], progress)
     console.close()
     assert len(out.getvalue().splitlines()) == 2
 

@@ -1,6 +1,6 @@
 """The stack of ``make stack`` for tests: own state folder, free ports, a fault proxy for S3.
 
-``infra/stack/stack.py`` starts PostgreSQL, moto and ``mlflow server`` exactly as ``make stack``
+``infra/stack/cxrstack`` starts PostgreSQL, moto and ``mlflow server`` exactly as ``make stack``
 does; only the state folder (a fresh one under /tmp that PostgreSQL's system user can enter),
 the ports, one uvicorn worker, ``fsync=off`` and the S3 endpoint of the MLflow server differ.
 The server reaches moto through ``FaultProxy``, which forwards every request until told to
@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stack_support import FaultProxy, StackHandle, free_port, load_stack_module
+from stack_support import FaultProxy, StackHandle, free_port, load_stack
 
 
 @pytest.fixture(scope="module")
 def stack_handle() -> Iterator[StackHandle]:
     """The stack, up for the module; down (every process checked gone) and deleted afterwards."""
-    module = load_stack_module()
+    module = load_stack()
     try:
         module.ensure_postgres()
     except module.StackError as exc:

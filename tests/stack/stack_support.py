@@ -1,4 +1,4 @@
-"""Helpers of the stack tests: ``infra/stack/stack.py`` as a module, an S3 fault proxy, a handle.
+"""Helpers of the stack tests: the stack's package as a module, an S3 fault proxy, a handle.
 
 A module of its own (not conftest.py) so that test files can import it by a unique name.
 """
@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-STACK_PY = ROOT / "infra" / "stack" / "stack.py"
+STACK_PACKAGE = ROOT / "infra" / "stack" / "cxrstack"
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -32,18 +32,27 @@ HOP_BY_HOP = {
 }
 
 
-def load_stack_module() -> ModuleType:
-    """``infra/stack/stack.py`` as a module (it is a script, not a package)."""
-    if "cxrflow_stack" in sys.modules:
-        return sys.modules["cxrflow_stack"]
-    spec = importlib.util.spec_from_file_location("cxrflow_stack", STACK_PY)
+def load_stack() -> ModuleType:
+    """The package ``infra/stack/cxrstack`` (what ``stack.py`` runs), loaded by path.
+
+    It is not installed: it is registered in ``sys.modules`` under its own name, which is also
+    how ``infra/stack/stack.py`` finds it when a test runs that file as a module.
+    """
+    if "cxrstack" in sys.modules:
+        return sys.modules["cxrstack"]
+    spec = importlib.util.spec_from_file_location(
+        "cxrstack", STACK_PACKAGE / "__init__.py", submodule_search_locations=[str(STACK_PACKAGE)]
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["cxrflow_stack"] = module
-    # no __pycache__ under infra/: the repository's credential scan reads every file there
+    sys.modules["cxrstack"] = module
+    # no __pycache__ under infra/ from the tests (the package imports all its modules at once)
     saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["cxrstack"]
+        raise
     finally:
         sys.dont_write_bytecode = saved
     return module

@@ -284,7 +284,7 @@ def faulted_run(
         )
         events["before_outage"] = snapshot(h)
         t0 = time.monotonic()
-        h.stack.stop_mlflow()
+        h.stack.stop("mlflow")
         events["stop_s"] = time.monotonic() - t0
         events["one_line"] = _one_line_failure(h)
         time.sleep(max(0.0, OUTAGE_HOLD_S - (time.monotonic() - t0)))

@@ -1,4 +1,4 @@
-"""How ``infra/stack/stack.py`` finds or installs PostgreSQL, without installing anything.
+"""How the stack (``infra/stack/cxrstack/postgres.py``) finds or installs PostgreSQL, without installing anything.
 
 The stack tests themselves (``test_stack.py``) need PostgreSQL and install it when they can;
 these check, with ``apt-get`` and the system stubbed out, the two other paths: the Debian
@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stack_support import load_stack_module
+from stack_support import load_stack
 
 
 @pytest.fixture
 def stack_module() -> Any:
-    return load_stack_module()
+    """The stack's PostgreSQL module, where the functions under test look their helpers up."""
+    return load_stack().postgres
 
 
 def _no_postgres(monkeypatch: pytest.MonkeyPatch, module: Any, *, root: bool, apt: bool) -> None:

@@ -305,14 +305,18 @@ def test_timed_module_counts_calls_and_context_managers() -> None:
     assert times.seconds["tracking"] == pytest.approx(0.09, abs=0.03)
 
 
-def test_the_runner_keeps_each_steps_timing_line(tmp_path: Path) -> None:
-    from cxrflow.steps import TIMING_MARKER
+def test_the_runner_keeps_each_steps_timing_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxrflow import logs
     from pipelines.progress import RunConsole
 
-    console = RunConsole(io.StringIO(), tmp_path / "logs", tty=False)
+    channel = tmp_path / "channel.jsonl"  # a step's timing reaches the runner through it
+    monkeypatch.setenv(logs.CHANNEL_ENV, str(channel))
+    console = RunConsole(io.StringIO(), tmp_path / "logs", tty=False, channel=channel)
     timing = {"step": "split", "phases": {"data": 1.5}, "process_start": 1.0, "end": 3.0}
     console.write("17:00:00.000 - INFO - Executing task 'split'\n")
-    console.write(f"    {TIMING_MARKER} {json.dumps(timing)}\n")
+    logs.emit_timing(timing)
     console.write("17:00:04.000 - INFO - Task 'split' finished with status SUCCESS\n")
     console.close()
     (step,) = console.steps

@@ -135,8 +135,49 @@ def test_help_is_quick_and_lists_every_step(tmp_path: Path) -> None:
 
 
 def test_the_ui_hint_after_a_run_is_the_tracking_server_itself() -> None:
-    from cxrflow.cli import _ui_hint
+    from pipelines.cli import _ui_hint
 
     assert _ui_hint("http://127.0.0.1:15000") == "MLflow UI: http://127.0.0.1:15000"
     local = _ui_hint("sqlite:////tmp/x/mlruns.db")
     assert "mlflow ui --backend-store-uri sqlite:////tmp/x/mlruns.db" in local
+
+
+@pytest.mark.slow
+def test_a_failing_step_run_by_hand_prints_its_error_first(tmp_path: Path) -> None:
+    """TensorFlow's start-up lines (absl's notice, oneDNN) do not precede the one error line."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "TF_CPP_", "TF_ENABLE_ONEDNN"))
+    }
+    step = ["train", "model_0", "--dataset", "nowhere", "--splits", "nowhere", "--out", "o"]
+    res = subprocess.run(
+        [sys.executable, "-m", "cxrflow.cli", "--params", PARAMS, *step],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 2, res.stderr
+    first = next(line for line in res.stderr.splitlines() if line.strip())
+    assert first.startswith("cxrflow: error: "), res.stderr
+    # and the filter itself, whether or not the step imports TensorFlow before it fails
+    probe = (
+        "import sys\n"
+        "from cxrflow.cli.tensorflow_log import quiet_tensorflow_import\n"
+        "with quiet_tensorflow_import():\n"
+        "    import tensorflow\n"
+        "print('cxrflow: error: after the import', file=sys.stderr)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.splitlines()[0] == "cxrflow: error: after the import", res.stderr

@@ -409,6 +409,9 @@ def test_html_is_self_contained_and_links_each_row(two_versions, tmp_path: Path)
         f"http://mlflow.test:5000/#/experiments/1/runs/{r.run_id}" for r in comp.rows
     }
     assert "beyond-better" in page  # model_1's accuracy row is highlighted
+    # the page is compare.md rendered: every table cell of the one is a cell of the other
+    md = (tmp_path / "compare.md").read_text()
+    assert page.count("<tr") == sum(line.startswith("| ") for line in md.splitlines())
 
 
 def test_local_store_rows_show_run_uris_not_links(two_versions) -> None:

@@ -65,7 +65,7 @@ def test_profiles_override_only_a_few_keys() -> None:
         changed = {k for k in paper if paper[k] != other[k]} - {"profile"}
         assert changed, profile
         assert all(
-            k.split(".")[0] in {"data", "split", "train", "validate", "evaluate"}
+            k.split(".")[0] in {"data", "split", "train", "validate", "evaluate", "export"}
             or k == "models.model_3.allow_random_init"
             for k in changed
         )
@@ -197,7 +197,7 @@ def test_a_fifth_model_is_params_only() -> None:
         ["models.model_4={dataset: dataset_1, architecture: small_cnn, init: model_1}"],
     )
     assert p.model_keys == (*MODEL_KEYS, "model_4")
-    assert p.steps[-4:] == ("model_4", "evaluate", "audit", "register")
+    assert p.steps[-5:] == ("model_4", "evaluate", "audit", "register", "export")
     assert p.models["model_4"].base_model_key == "model_1"
 
 

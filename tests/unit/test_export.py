@@ -381,7 +381,7 @@ def test_calibration_ranges_cover_every_batch(model: Any, tmp_path: Path) -> Non
 def test_identity_scaling_is_dropped_only_where_it_cannot_broadcast() -> None:
     from onnx import TensorProto, helper, numpy_helper
 
-    from cxrflow.export import _drop_identity_scaling
+    from cxrflow.export.convert import _drop_identity_scaling
 
     def graph(x_shape: list[Any]) -> Any:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from cxrflow import steps, tracking
-from cxrflow.config import DATA_STEPS, Params, flatten_params, load_params
+from cxrflow import names, steps, tracking
+from cxrflow.config import Params, flatten_params, load_params
+from cxrflow.steps import lineage
+from cxrflow.steps.registry import data_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "cxrflow"
@@ -36,7 +38,7 @@ def _parents(client: Any, pipeline_run_id: str, deleted: bool = False) -> list[A
     from mlflow.entities import ViewType
 
     exp = client.get_experiment_by_name(EXPERIMENT)
-    flt = f"tags.`{tracking.TAG_PIPELINE_RUN}` = '{pipeline_run_id}'"
+    flt = f"tags.`{names.TAG_PIPELINE_RUN}` = '{pipeline_run_id}'"
     view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
     return list(client.search_runs([exp.experiment_id], flt, run_view_type=view))
 
@@ -46,7 +48,7 @@ def _create_parent(client: Any, pipeline_run_id: str, start_time: int | None = N
     run = client.create_run(
         exp.experiment_id,
         start_time=start_time,
-        tags={tracking.TAG_PIPELINE_RUN: pipeline_run_id, tracking.TAG_KIND: "pipeline"},
+        tags={names.TAG_PIPELINE_RUN: pipeline_run_id, names.TAG_KIND: "pipeline"},
     )
     return str(run.info.run_id)
 
@@ -136,24 +138,24 @@ def test_a_run_reusing_cached_data_records_where_it_came_from(
     prov = steps.read_provenance(dataset)
     assert prov.pipeline_run_id == "run-a"
     # run-b's data steps were cache hits: its model steps (in parallel) find the reuse
-    first = steps._parent_run(params, prov, "run-b", step="model_0", dataset_dir=dataset)
-    again = steps._parent_run(params, prov, "run-b", step="model_1", dataset_dir=dataset)
+    first = lineage.parent_run(params, prov, "run-b", step="model_0", dataset_dir=dataset)
+    again = lineage.parent_run(params, prov, "run-b", step="model_1", dataset_dir=dataset)
     assert first == again != tracking.find_parent_run(EXPERIMENT, "run-a")
     tags = _tags("run-b")
-    assert tags[tracking.TAG_DATA_REUSED_FROM] == "run-a"
-    assert {s: tags[steps.TAG_STEP_DONE + s] for s in DATA_STEPS} == dict.fromkeys(
-        DATA_STEPS, steps.STEP_CACHED
+    assert tags[names.TAG_DATA_REUSED_FROM] == "run-a"
+    assert {s: tags[names.TAG_STEP_DONE_PREFIX + s] for s in data_steps()} == dict.fromkeys(
+        data_steps(), names.STEP_CACHED
     )
-    assert tags[tracking.TAG_MANIFEST_HASH] == prov.manifest_hash
-    assert tags[tracking.TAG_PIPELINE_RUN] == "run-b"
+    assert tags[names.TAG_MANIFEST_HASH] == prov.manifest_hash
+    assert tags[names.TAG_PIPELINE_RUN] == "run-b"
     run = store.get_run(first)
     (manifest,) = run.inputs.dataset_inputs  # logged once, whoever adopted first
     assert manifest.dataset.name == "manifest"
     assert prov.manifest_hash.startswith(manifest.dataset.digest)
     assert run.data.params == {k: v[:6000] for k, v in flatten_params(params).items()}
     # the run that made the data records no reuse
-    assert tracking.TAG_DATA_REUSED_FROM not in _tags("run-a")
-    assert _tags("run-a")[steps.TAG_STEP_DONE + "ingest"] == "true"
+    assert names.TAG_DATA_REUSED_FROM not in _tags("run-a")
+    assert _tags("run-a")[names.TAG_STEP_DONE_PREFIX + "ingest"] == "true"
 
 
 def test_finalize_names_the_failed_step_not_a_reused_one(
@@ -161,7 +163,7 @@ def test_finalize_names_the_failed_step_not_a_reused_one(
 ) -> None:
     params, dataset = ingested
     prov = steps.read_provenance(dataset)
-    steps._parent_run(params, prov, "run-b", step="model_0", dataset_dir=dataset)
+    lineage.parent_run(params, prov, "run-b", step="model_0", dataset_dir=dataset)
     result = steps.run_finalize(params, "run-b", "FAILED", "model_0: node preempted")
     assert result["status"] == "FAILED"
     assert result["failed_step"] == "model_0"
@@ -174,13 +176,13 @@ def test_a_data_step_rerun_in_this_run_keeps_its_own_done_tag(
     marked as reused."""
     params, dataset = ingested
     prov = steps.read_provenance(dataset)
-    parent = steps._parent_run(params, prov, "run-c", step="validate", dataset_dir=dataset)
-    steps._step_done(parent, "validate")
-    assert steps._parent_run(params, prov, "run-c", step="split", dataset_dir=dataset) == parent
+    parent = lineage.parent_run(params, prov, "run-c", step="validate", dataset_dir=dataset)
+    lineage.mark_done(parent, "validate")
+    assert lineage.parent_run(params, prov, "run-c", step="split", dataset_dir=dataset) == parent
     tags = _tags("run-c")
-    assert tags[steps.TAG_STEP_DONE + "ingest"] == steps.STEP_CACHED
-    assert tags[steps.TAG_STEP_DONE + "validate"] == "true"
-    assert steps.TAG_STEP_DONE + "split" not in tags
+    assert tags[names.TAG_STEP_DONE_PREFIX + "ingest"] == names.STEP_CACHED
+    assert tags[names.TAG_STEP_DONE_PREFIX + "validate"] == "true"
+    assert names.TAG_STEP_DONE_PREFIX + "split" not in tags
 
 
 def test_without_a_current_run_id_steps_log_to_the_run_that_made_the_data(
@@ -189,9 +191,9 @@ def test_without_a_current_run_id_steps_log_to_the_run_that_made_the_data(
     """The CLI and DVC give no run id after ingest: as before, provenance names the run."""
     params, dataset = ingested
     prov = steps.read_provenance(dataset)
-    parent = steps._parent_run(params, prov, step="validate", dataset_dir=dataset)
+    parent = lineage.parent_run(params, prov, step="validate", dataset_dir=dataset)
     assert parent == tracking.find_parent_run(EXPERIMENT, "run-a")
-    assert tracking.TAG_DATA_REUSED_FROM not in _tags("run-a")
+    assert names.TAG_DATA_REUSED_FROM not in _tags("run-a")
 
 
 # ----------------------------------------------------------------- run ids and checkpoints

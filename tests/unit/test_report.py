@@ -126,3 +126,4 @@ def test_report_from_run_outputs(tmp_path: Path) -> None:
     page = html.read_text()
     assert "data:image/png;base64," in page and "reproduction_files/" not in page
     assert "<table>" in page
+    assert '<td class="fail"><strong>FAILED</strong></td>' in page  # as in compare.html

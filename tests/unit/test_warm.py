@@ -7,7 +7,9 @@ it, and a step module that reports what it saw. The same step run cold is the re
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -59,6 +61,17 @@ MARKER = textwrap.dedent(
     """
 )
 
+CHANNEL_STEP = textwrap.dedent(
+    """
+    import os, sys
+    from cxrflow.logs import emit_summary, emit_timing
+
+    print("step output", flush=True)
+    emit_summary(sys.argv[1], "kept 3 rows")
+    emit_timing({"step": sys.argv[1], "warm": os.environ.get("CXRFLOW_WARM_STARTED") == "1"})
+    """
+)
+
 THREADED = (
     "import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
 )
@@ -70,6 +83,7 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "step_mod.py").write_text(STEP)
     (tmp_path / "marker_mod.py").write_text(MARKER)
     (tmp_path / "threaded_mod.py").write_text(THREADED)
+    (tmp_path / "channel_step.py").write_text(CHANNEL_STEP)
     return tmp_path
 
 
@@ -111,11 +125,17 @@ def server(workdir: Path) -> Iterator[str]:
 
 
 def _client(
-    workdir: Path, *args: str, sock: str | None, cwd: Path | None = None, **kw: object
+    workdir: Path,
+    *args: str,
+    sock: str | None,
+    cwd: Path | None = None,
+    module: str = "step_mod",
+    env: dict[str, str] | None = None,
+    **kw: object,
 ) -> subprocess.Popen[str]:
-    env = _env(workdir, **({"CXRFLOW_WARM_SOCKET": sock} if sock else {}))
+    env = _env(workdir, **({"CXRFLOW_WARM_SOCKET": sock} if sock else {}), **(env or {}))
     return subprocess.Popen(
-        [sys.executable, "-I", "-S", str(WARM), "-m", "step_mod", *args],
+        [sys.executable, "-I", "-S", str(WARM), "-m", module, *args],
         cwd=cwd or workdir / "run",
         env=env,
         stdout=subprocess.PIPE,
@@ -224,6 +244,100 @@ def test_the_server_leaves_when_its_runner_does(workdir: Path) -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(pid)
+
+
+def test_warm_and_cold_steps_report_to_the_runners_channel_not_stdout(
+    workdir: Path, server: str
+) -> None:
+    from cxrflow.logs import CHANNEL_ENV
+
+    channel = workdir / "channel.jsonl"
+    outputs = []
+    for step, sock in (("cold", None), ("warm", server)):
+        proc = _client(
+            workdir, step, sock=sock, module="channel_step", env={CHANNEL_ENV: str(channel)}
+        )
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        outputs.append(out + err)
+    assert all("step output" in o and "::cxrflow-" not in o for o in outputs)
+    records = [json.loads(line) for line in channel.read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [
+        ("summary", "cold"),
+        ("timing", "cold"),
+        ("summary", "warm"),
+        ("timing", "warm"),
+    ]
+    assert [r["report"]["warm"] for r in records if r["kind"] == "timing"] == [False, True]
+
+
+# ---------------------------------------------------------- the private kfp function it patches
+
+
+def test_the_installed_kfp_has_the_function_the_warm_start_patches() -> None:
+    from pipelines import warm
+
+    handler, why = warm.kfp_patch_point()
+    assert why is None and handler is not None
+    assert callable(getattr(handler, warm.KFP_PATCH_POINT[1]))
+
+
+def _changed_signature(full_command: list[str], new_executable: str, user_code: int) -> list[str]:
+    return full_command
+
+
+def _renamed_parameter(command: list[str], new_executable: str) -> list[str]:
+    return command
+
+
+@pytest.mark.parametrize("change", ["missing", _changed_signature, _renamed_parameter])
+def test_a_changed_kfp_falls_back_to_cold_starts_with_one_warning(
+    change: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kfp.local import subprocess_task_handler as handler
+
+    from pipelines import warm
+
+    name = warm.KFP_PATCH_POINT[1]
+    if change == "missing":
+        monkeypatch.delattr(handler, name)
+    else:
+        monkeypatch.setattr(handler, name, change)
+    monkeypatch.delenv(warm.DISABLE_ENV, raising=False)
+    monkeypatch.delenv(warm.SOCKET_ENV, raising=False)
+    before = getattr(handler, name, None)
+    with caplog.at_level(logging.DEBUG), warm.started({"X": "1"}) as server:
+        assert server is None  # no server: kfp.local starts every step cold
+        assert getattr(handler, name, None) is before  # kfp left as it is
+        assert warm.SOCKET_ENV not in os.environ
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    message = warnings[0].getMessage()
+    assert "\n" not in message and "cold" in message and name in message
+    if change != "missing":
+        assert str(inspect.signature(change)) in message  # type: ignore[arg-type]
+
+
+def test_serve_preloads_what_preload_modules_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cxrflow.steps.registry import STEPS
+    from pipelines import warm
+
+    preload = warm.preload_modules()
+    assert preload[0] == "kfp.dsl.executor_main"
+    # every step's declared heavy imports, read from the registry, not a second list
+    assert {m for spec in STEPS for m in spec.preload} <= set(preload)
+    assert {"tensorflow", "keras", "mlflow", "cxrflow.train"} <= set(preload)
+    monkeypatch.setattr(warm, "preload_modules", lambda: ("json", "textwrap"))
+    saved = signal.getsignal(signal.SIGCHLD)  # serve ignores SIGCHLD: not in pytest's process
+    try:
+        # parent -1 is nobody's: serve imports, reports, and returns without serving
+        warm.serve(str(tmp_path / "s"), parent=-1)
+    finally:
+        signal.signal(signal.SIGCHLD, saved)
+    status = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert status["preloaded"] == ["json", "textwrap"]
 
 
 def _wait_for(path: Path, timeout: float = 30.0) -> str:

@@ -30,311 +30,47 @@ used locally.
 Commands run through :mod:`cxrflow.data.vcs` (subprocesses with timeouts); a failing command
 raises :class:`~cxrflow.data.vcs.DataRegistryError` (a :class:`RuntimeError`) naming the command
 and its error output.
+
+Reading a registry at a revision lives in :mod:`cxrflow.data.registry_git` and
+:mod:`cxrflow.data.registry_dvc`; this module holds the operations above.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cxrflow.data.vcs import (
-    DataRegistryError,
-    dvc,
-    first_line,
-    git,
-    git_identity_args,
-    tail,
+from cxrflow.data.registry_dvc import _check_sources, _open_fs, _root_cause, _with_counts
+from cxrflow.data.registry_git import (
+    HEAD,
+    DataVersion,
+    UnknownRevisionError,
+    _describe,
+    _norm_path,
+    _repo_root,
+    _rev_parse,
+    _tags_by_commit,
+    _tracked_at,
 )
-from cxrflow.storage import endpoint_url_from_env
+from cxrflow.data.vcs import DataRegistryError, dvc, first_line, git, git_identity_args, tail
 
 if TYPE_CHECKING:
-    from dvc.api import DVCFileSystem
-
     from cxrflow.config import IngestParams
+
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE_NAME = "storage"
-HEAD = "HEAD"
+
+
 _UNSAVED_MARKER = "without confirmation"
 """In DVC's message when ``dvc checkout`` would delete files missing from the cache."""
-
-
-class UnknownRevisionError(DataRegistryError, LookupError):
-    """The revision names no commit of the registry (not a tag, branch or commit id)."""
-
-
-@dataclass(frozen=True)
-class DataVersion:
-    """One version of the registry's data.
-
-    Attributes:
-        rev: The revision as given, or the (newest) tag name in :func:`list_versions`, or
-            ``HEAD`` for an untagged HEAD.
-        commit: Full git commit id.
-        tags: Tags pointing at the commit, newest first.
-        date: Committer date, ISO 8601.
-        message: Full commit message.
-        dvc_hashes: DVC-tracked path (relative to the repo root, POSIX) -> the md5 pinned by its
-            ``.dvc`` file at this commit (``<md5>.dir`` for a folder).
-        class_counts: Source name -> label -> number of inputs, from listings (see
-            :func:`list_versions`); empty when not computed.
-    """
-
-    rev: str
-    commit: str
-    tags: tuple[str, ...]
-    date: str
-    message: str
-    dvc_hashes: dict[str, str]
-    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def label_totals(self) -> dict[str, int]:
-        """Images per label summed over sources (every label of :data:`ALL_LABELS`)."""
-        from cxrflow.config import ALL_LABELS
-
-        return {lab: sum(c.get(lab, 0) for c in self.class_counts.values()) for lab in ALL_LABELS}
-
-
-@dataclass(frozen=True)
-class _Tracked:
-    dvc_file: str
-    md5: str
-
-
-@dataclass(frozen=True)
-class _Remote:
-    """The default DVC remote of a registry at some revision, as used for a read."""
-
-    name: str | None
-    url: str | None
-    endpoint: str | None
-
-    def describe(self) -> str:
-        where = self.url or "no default remote"
-        if self.url and self.url.startswith("s3://"):
-            where += f" at endpoint {self.endpoint or 'AWS default (AWS_ENDPOINT_URL unset)'}"
-        return f"remote {self.name!r} ({where})"
-
-
-# ------------------------------------------------------------------------------ git helpers
-
-
-def _repo_root(repo: str | os.PathLike[str]) -> Path:
-    root = Path(repo).expanduser().resolve()
-    if not (root / ".git").exists():
-        raise DataRegistryError(
-            f"{root}: not a data registry (no git repository there); pass --registry or set "
-            "data.registry to one, or make this one with `git init && dvc init` and "
-            "`cxrflow data snapshot`"
-        )
-    return root
-
-
-def _norm_path(root: Path, path: str | os.PathLike[str]) -> str:
-    """``path`` relative to the repo root, POSIX, no trailing slash; must stay inside it."""
-    p = Path(path)
-    if p.is_absolute():
-        try:
-            p = p.resolve().relative_to(root)
-        except ValueError:
-            raise DataRegistryError(f"{path}: not inside the registry {root}") from None
-    rel = posixpath.normpath(p.as_posix())
-    if rel in (".", "") or rel == ".." or rel.startswith("../"):
-        raise DataRegistryError(f"{path!s}: not a path inside the registry {root}")
-    return rel
-
-
-def _tags_by_commit(root: Path) -> dict[str, list[str]]:
-    """Commit id -> tag names pointing at it, newest tag first."""
-    out = git(
-        root,
-        "for-each-ref",
-        "--sort=-creatordate",
-        "--format=%(objectname)%00%(*objectname)%00%(refname:strip=2)",
-        "refs/tags",
-    ).stdout
-    tags: dict[str, list[str]] = {}
-    for line in out.splitlines():
-        obj, peeled, name = line.split("\0")
-        tags.setdefault(peeled or obj, []).append(name)
-    return tags
-
-
-def _rev_parse(root: Path, rev: str) -> str:
-    proc = git(
-        root,
-        "rev-parse",
-        "--verify",
-        "--quiet",
-        "--end-of-options",
-        f"{rev}^{{commit}}",
-        check=False,
-    )
-    commit = proc.stdout.strip()
-    if proc.returncode != 0 or not commit:
-        tags = sorted(t for names in _tags_by_commit(root).values() for t in names)
-        raise UnknownRevisionError(
-            f"unknown data version {rev!r} in registry {root}: no tag, branch or commit of that "
-            f"name (tags: {', '.join(tags) or 'none'}); `cxrflow data versions` lists them"
-        )
-    return commit
-
-
-def _tracked_at(root: Path, commit: str) -> dict[str, _Tracked]:
-    """DVC-tracked path -> its ``.dvc`` file and pinned md5, from the ``.dvc`` files at commit."""
-    import yaml
-
-    names = git(root, "ls-tree", "-r", "-z", "--name-only", commit).stdout.split("\0")
-    tracked: dict[str, _Tracked] = {}
-    for name in sorted(n for n in names if n.endswith(".dvc") and not n.startswith(".dvc/")):
-        text = git(root, "show", f"{commit}:{name}").stdout
-        try:
-            doc = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise DataRegistryError(f"{name} at {commit[:12]}: not valid YAML: {exc}") from exc
-        for out in doc.get("outs") or []:
-            md5 = out.get("md5")
-            if not out.get("path") or not md5:
-                continue
-            path = posixpath.normpath(posixpath.join(posixpath.dirname(name), out["path"]))
-            tracked[path] = _Tracked(dvc_file=name, md5=str(md5))
-    return tracked
-
-
-def _describe(root: Path, rev: str, commit: str, tags: Mapping[str, list[str]]) -> DataVersion:
-    date, _, message = git(root, "show", "-s", "--format=%cI%x00%B", commit).stdout.partition("\0")
-    return DataVersion(
-        rev=rev,
-        commit=commit,
-        tags=tuple(tags.get(commit, ())),
-        date=date.strip(),
-        message=message.strip(),
-        dvc_hashes={p: t.md5 for p, t in _tracked_at(root, commit).items()},
-    )
-
-
-# ------------------------------------------------------------------------------ DVC reads
-
-
-def _remote_at(root: Path, commit: str) -> _Remote:
-    """The default remote in effect at ``commit`` (tracked config at commit + local config)."""
-    from dvc.repo import Repo
-
-    with Repo(str(root), rev=commit, uninitialized=True) as repo:
-        conf = repo.config
-        name = conf["core"].get("remote")
-        url = conf["remote"].get(name, {}).get("url") if name else None
-    return _Remote(name=name, url=url, endpoint=endpoint_url_from_env())
-
-
-@contextmanager
-def _open_fs(root: Path, commit: str) -> Iterator[tuple[DVCFileSystem, _Remote]]:
-    """A :class:`DVCFileSystem` of ``commit`` whose S3 remote uses the environment's endpoint."""
-    from dvc.api import DVCFileSystem
-
-    remote = _remote_at(root, commit)
-    remote_config: dict[str, Any] | None = None
-    if remote.endpoint and remote.url and remote.url.startswith("s3://"):
-        # Only S3 remotes accept ``endpointurl``; other remote types reject the key.
-        remote_config = {"endpointurl": remote.endpoint}
-    fs = DVCFileSystem(str(root), rev=commit, remote_config=remote_config)
-    try:
-        yield fs, remote
-    finally:
-        fs.close()
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost exception of a chain, as ``Type: message`` (DVC wraps network errors)."""
-    seen: set[int] = set()
-    inner = exc
-    while id(inner) not in seen:
-        seen.add(id(inner))
-        nxt = inner.__cause__ or inner.__context__
-        if nxt is None:
-            break
-        inner = nxt
-    if inner is exc:
-        return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__}: {exc} (caused by {type(inner).__name__}: {inner})"
-
-
-def _files_under(fs: DVCFileSystem, path: str) -> list[str] | None:
-    """Files under ``path`` (repo-relative POSIX), or ``None`` when the path does not exist."""
-    if not fs.exists(path):
-        return None
-    if not fs.isdir(path):
-        return [path]
-    return sorted(str(f).lstrip("/") for f in fs.find(path, detail=False))
-
-
-def _class_counts(
-    fs: DVCFileSystem, sources: Mapping[str, Sequence[str]], params: IngestParams
-) -> dict[str, dict[str, int]]:
-    """``{source: {label: n}}`` summed over each source's roots, by the source's own rules.
-
-    A source none of whose roots exists at this version gets ``{}``.
-    """
-    from cxrflow.data.sources import get_source
-
-    counts: dict[str, dict[str, int]] = {}
-    for name, paths in sources.items():
-        source = get_source(name)
-        total: dict[str, int] | None = None
-        for path in paths:
-            listed = _files_under(fs, path)
-            if listed is None:
-                log.info("versions: %s absent at this version", path)
-                continue
-
-            def read_file(rel: str, base: str = path) -> bytes:
-                return bytes(fs.cat_file(posixpath.join(base, rel)))
-
-            rels = [posixpath.relpath(f, path) for f in listed]
-            got = source.count_labels(rels, read_file, params)
-            total = total or {}
-            for label, n in got.items():
-                total[label] = total.get(label, 0) + n
-        counts[name] = total if total is not None else {}
-    return counts
-
-
-def _with_counts(
-    root: Path,
-    version: DataVersion,
-    sources: Mapping[str, Sequence[str]],
-    params: IngestParams,
-) -> DataVersion:
-    paths = {name: [_norm_path(root, p) for p in roots] for name, roots in sources.items()}
-    with _open_fs(root, version.commit) as (fs, remote):
-        try:
-            counts = _class_counts(fs, paths, params)
-        except DataRegistryError:
-            raise
-        except Exception as exc:
-            raise DataRegistryError(
-                f"registry {root} at {version.rev} ({version.commit[:12]}): cannot list the data "
-                f"from {remote.describe()}: {_root_cause(exc)}"
-            ) from exc
-    return dataclasses.replace(version, class_counts=counts)
-
-
-def _check_sources(sources: Mapping[str, Sequence[str]]) -> None:
-    """Fail before any git or DVC work when a source name is not registered."""
-    from cxrflow.data.sources import get_source
-
-    for name in sources:
-        get_source(name)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -728,3 +464,18 @@ def rollback(
     git(root, "add", "--", *dvc_files)
     log.info("versions: rolled %s back to %s (%s)", wanted, rev, commit[:12])
     return _describe(root, rev, commit, _tags_by_commit(root))
+
+
+__all__ = [
+    "DEFAULT_REMOTE_NAME",
+    "HEAD",
+    "DataRegistryError",
+    "DataVersion",
+    "UnknownRevisionError",
+    "init_registry",
+    "list_versions",
+    "materialize",
+    "resolve",
+    "rollback",
+    "snapshot",
+]

@@ -1,0 +1,91 @@
+"""Step ``export``: the model this run registered, as ONNX fp32 and static int8."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cxrflow import names
+from cxrflow.artifacts import Registration
+from cxrflow.config import Params
+from cxrflow.jsonio import write_json_atomic
+from cxrflow.steps.frame import step_frame
+from cxrflow.steps.spec import Port, StepSpec
+
+
+def run_export(
+    params: Params,
+    dataset: str | Path,
+    splits: str | Path,
+    registered: str | Path,
+    exported: str | Path,
+    pipeline_run_id: str | None = None,
+) -> dict[str, Any]:
+    """export: the model registered by this run to ONNX fp32 and static int8, logged to its run.
+
+    Reads params ``export``, ``train.seed``, ``tracking``. int8 is calibrated on the model's
+    own training split and compared with fp32 on its validation split; the step fails when
+    int8 loses more than ``export.max_drop_points`` of accuracy (the files are then written
+    but not logged). Both models and ``export.json`` go to the registered model's MLflow run
+    under ``onnx/``, with the int8 accuracy drop as a tag.
+    """
+    with step_frame("export", params, dataset_dir=dataset, pipeline_run_id=pipeline_run_id) as ctx:
+        with ctx.phase("imports"):
+            from cxrflow import export
+        reg = Registration.read(registered)
+        ep, out = params.export, Path(exported)
+        out.mkdir(parents=True, exist_ok=True)
+        ctx.open_parent()
+        if not ep.enabled:
+            write_json_atomic(out / export.EXPORT_INFO_FILE, {"skipped": "export.enabled: false"})
+            ctx.summary = "disabled (export.enabled: false): nothing exported"
+            return {"skipped": True}
+        with ctx.phase("compute"):
+            info = export.run_export(
+                params,
+                reg.source_model_uri,
+                dataset,
+                splits,
+                out,
+                ep.calibration_images,
+                check_images=ep.check_images,
+                max_drop_points=ep.max_drop_points,
+            )
+        for name in (export.FP32_FILE, export.INT8_FILE, export.EXPORT_INFO_FILE):
+            ctx.tracking.log_artifact(reg.run_id, out / name, export.ARTIFACT_PATH)
+        drop = info["check"]["drop_points"]["accuracy"] if "check" in info else None
+        tags = {names.TAG_EXPORT_DIGEST: info["files"]["int8"].get("sha256", "")}
+        if drop is not None:
+            tags[names.TAG_EXPORT_INT8_DROP] = f"{drop:.4f}"
+        ctx.tracking.set_tags(reg.run_id, tags)
+        info = {**info, "logged_to_run": reg.run_id}
+        files = info["files"]
+        ctx.summary = (
+            f"{reg.model_key} (version {reg.version}) -> {files['fp32']['file']} "
+            f"{files['fp32']['bytes'] / 1e6:.1f} MB, {files['int8']['file']} "
+            f"{files['int8']['bytes'] / 1e6:.1f} MB"
+            + ("" if drop is None else f"; int8 loses {drop:.2f} accuracy points")
+        )
+    return info
+
+
+def _publish(info: Mapping[str, Any] | None, outputs: Mapping[str, Any]) -> None:
+    if info is not None and not info.get("skipped"):
+        outputs["exported"].metadata.update(
+            {"model_key": info["model_key"], "logged_to_run": info["logged_to_run"]}
+        )
+
+
+SPEC = StepSpec(
+    name="export",
+    run=run_export,
+    kind="evaluate",
+    reads=("export", "train.seed", "tracking"),
+    inputs=("dataset", "splits", "registered"),
+    outputs=(Port("exported", "Model", "reports/export"),),
+    io_retry=True,
+    publish=_publish,
+    cli=False,  # `cxrflow export` (cxrflow.cli.models) also exports any model: --model
+    dvc_outputs={"outs": [{"reports/export": {"cache": False}}]},
+)

@@ -1,0 +1,74 @@
+"""Step ``finalize``: end the pipeline run's MLflow parent run, whatever happened."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cxrflow import names
+from cxrflow.config import Params, flatten_params, params_hash
+from cxrflow.steps.frame import step_frame
+from cxrflow.steps.spec import StepSpec
+
+SUCCEEDED_STATES = ("SUCCEEDED", "SUCCESS", "COMPLETE")
+
+
+def run_finalize(
+    params: Params, pipeline_run_id: str, state: str, error: str = ""
+) -> dict[str, Any]:
+    """finalize: end the MLflow parent run, FINISHED or FAILED naming the failed step.
+
+    Runs as the pipeline's exit handler, after every other step, whatever happened (KFP's exit
+    handler; the local runner). The failed step is the first of ``params.steps`` that did not
+    mark itself done on the parent run. Nested runs a killed step left ``RUNNING`` are marked
+    ``FAILED`` too.
+
+    Args:
+        params: The run's resolved configuration.
+        pipeline_run_id: The pipeline run (KFP job id, or a local id).
+        state: The pipeline's final state as KFP reports it (``SUCCEEDED``, ``FAILED``...).
+        error: The error message KFP reports, if any.
+    """
+    with step_frame("finalize", params, pipeline_run_id=pipeline_run_id) as ctx:
+        tracking, exp = ctx.tracking, params.tracking.experiment_name
+        parent = tracking.find_parent_run(exp, pipeline_run_id)
+        if parent is None:  # failed before ingest created it: record the failure anyway
+            parent = tracking.get_or_create_parent_run(
+                exp,
+                pipeline_run_id,
+                {
+                    names.TAG_PROFILE: params.profile,
+                    names.TAG_GIT_COMMIT: tracking.git_commit(),
+                    names.TAG_PARAMS_HASH: params_hash(params),
+                },
+                flatten_params(params),
+            )
+        tags = tracking.run_tags(parent)
+        done = {
+            k.removeprefix(names.TAG_STEP_DONE_PREFIX)
+            for k in tags
+            if k.startswith(names.TAG_STEP_DONE_PREFIX)
+        }
+        missing = [step for step in params.steps if step not in done]
+        succeeded = state.upper() in SUCCEEDED_STATES and not missing
+        failed_step = "" if succeeded else (missing[0] if missing else "unknown")
+        if not succeeded:
+            reason = error.strip().splitlines()[-1][:500] if error.strip() else state
+            tracking.set_tags(parent, {names.TAG_FAILED_STEP: failed_step, names.TAG_ERROR: reason})
+        stale = tracking.fail_running_children(exp, pipeline_run_id)
+        status = "FINISHED" if succeeded else "FAILED"
+        tracking.end_run(parent, status)
+        ctx.summary = f"MLflow parent run {parent} {status}" + (
+            f" (failed step: {failed_step})" if failed_step else ""
+        )
+    return {"parent_run_id": parent, "status": status, "failed_step": failed_step, "stale": stale}
+
+
+SPEC = StepSpec(
+    name="finalize",
+    run=run_finalize,
+    kind="record",
+    reads=("tracking",),
+    io_retry=True,
+    exit_handler=True,
+    dvc=False,
+)
