@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from cxrflow.artifacts import Evaluation, Registration
 from pipelines import warm
 from pipelines.progress import (
     LocalStepError,
@@ -198,7 +199,7 @@ def find_metrics(run_dir: str | Path) -> dict[str, Any]:
     hits = sorted(Path(run_dir).glob("**/evaluation/metrics.json"))
     if not hits:
         raise FileNotFoundError(f"no evaluation/metrics.json under {run_dir}")
-    return json.loads(hits[-1].read_text())
+    return Evaluation.read(hits[-1].parent).model_dump(mode="json")
 
 
 @contextmanager
@@ -262,4 +263,4 @@ def find_registered(run_dir: str | Path) -> dict[str, Any]:
     hits = sorted(Path(run_dir).glob("**/registered/registered.json"))
     if not hits:
         raise FileNotFoundError(f"no registered/registered.json under {run_dir}")
-    return dict(json.loads(hits[-1].read_text()))
+    return Registration.read(hits[-1].parent).model_dump(mode="json")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxrflow.artifacts import AuditReport, Evaluation, Provenance, Registration
 from cxrflow.tables import format_table
 
 PAPER = {
@@ -72,6 +73,13 @@ class RunOutputs:
         return cls(
             dataset, splits, evaluation, one("audit/audit_report"), one("register/registered")
         )
+
+
+def _read(artifact: Any, path: Path | None) -> Any:
+    """A step's typed output file as plain data (None where the step left none)."""
+    if not artifact.exists(path):
+        return None
+    return artifact.read(path).model_dump(mode="json")
 
 
 def _load(path: Path | None, name: str) -> Any:
@@ -211,12 +219,12 @@ def build_report(
     out = Path(out_dir)
     files = out / "reproduction_files"
     files.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = _load(outputs.evaluation, "metrics.json") or {}
+    metrics: dict[str, Any] = _read(Evaluation, outputs.evaluation) or {}
     mcnemar: list[dict[str, Any]] = _load(outputs.evaluation, "mcnemar.json") or []
-    audit: dict[str, Any] = _load(outputs.audit, "audit.json") or {}
-    registered = _load(outputs.registered, "registered.json")
+    audit: dict[str, Any] = _read(AuditReport, outputs.audit) or {}
+    registered = _read(Registration, outputs.registered)
     ingest = _load(outputs.dataset, "ingest_report.json") or {}
-    provenance = _load(outputs.dataset, "provenance.json") or {}
+    provenance = _read(Provenance, outputs.dataset) or {}
     split = _load(outputs.splits, "split_report.json") or {}
     any_metrics: Mapping[str, Any] = next(iter(metrics.values()), {})
     hw = dict(hardware or any_metrics.get("hardware") or {})

@@ -13,28 +13,33 @@ Both return the text without a trailing newline; callers join it into their docu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Literal
-
-from tabulate import DataRow, TableFormat, tabulate
+from typing import Any, Literal
 
 __all__ = ["Align", "TableFmt", "format_table"]
 
 TableFmt = Literal["markdown", "plain"]
 Align = Literal["left", "right", "center"]
 
-# tabulate's "github" format pads every cell to its column's width and draws the rule to
-# match; the compact form keeps cells as they are and a three-dash rule per column.
-_MARKDOWN = TableFormat(
-    lineabove=None,
-    linebelowheader=lambda widths, _aligns: "|" + "---|" * len(widths),
-    linebetweenrows=None,
-    linebelow=None,
-    headerrow=DataRow("|", "|", "|"),
-    datarow=DataRow("|", "|", "|"),
-    padding=1,
-    with_header_hide=None,
-)
+
+@functools.cache
+def _markdown_format() -> Any:
+    """tabulate's "github" format pads every cell to its column's width and draws the rule to
+    match; the compact form keeps cells as they are and a three-dash rule per column. (Built on
+    first use: importing tabulate costs 0.1 s, and the CLI imports this module for --help.)"""
+    from tabulate import DataRow, TableFormat
+
+    return TableFormat(
+        lineabove=None,
+        linebelowheader=lambda widths, _aligns: "|" + "---|" * len(widths),
+        linebetweenrows=None,
+        linebelow=None,
+        headerrow=DataRow("|", "|", "|"),
+        datarow=DataRow("|", "|", "|"),
+        padding=1,
+        with_header_hide=None,
+    )
 
 
 def _text(value: object) -> str:
@@ -72,6 +77,8 @@ def format_table(
     Raises:
         ValueError: A row has more cells than the header, or ``fmt`` is unknown.
     """
+    from tabulate import tabulate
+
     width = len(header)
     if any(len(r) > width for r in rows):
         raise ValueError(f"a row has more cells than the {width} header columns")
@@ -80,7 +87,7 @@ def format_table(
         return tabulate(
             body,
             headers=[_md_cell(h) for h in header],
-            tablefmt=_MARKDOWN,
+            tablefmt=_markdown_format(),
             disable_numparse=True,
             stralign=None,
             numalign=None,

@@ -123,10 +123,11 @@ def test_profiles_make_exactly_the_affected_stages_stale(project) -> None:
 
 def test_dvc_exp_run_set_param(project) -> None:
     work, env, dvc = project
-    # a top-level key the smoke profile does not override: only the register stage reruns
+    # a top-level key the smoke profile does not override: only the register stage reruns,
+    # and export, which exports what register registered
     res = _run([*dvc, "exp", "run", "-S", "register.metric=accuracy", "-n", "acc"], work, env)
     ran = set(re.findall(r"Running stage '([^']+)'", res.stdout))
-    assert ran == {"params", "register"}, res.stdout[-2000:]
+    assert ran == {"params", "register", "export"}, res.stdout[-2000:]
     registered = json.loads((work / "reports/register/registered.json").read_text())
     assert registered["metric"] == "accuracy"
     # a top-level key the selected profile overrides changes nothing: the profile wins

@@ -40,6 +40,10 @@ def test_without_a_channel_a_summary_is_one_log_line_and_nothing_is_printed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.delenv(logs.CHANNEL_ENV, raising=False)
+    root = logging.getLogger()  # an earlier test's setup_logging would print the log line
+    monkeypatch.setattr(
+        root, "handlers", [h for h in root.handlers if not getattr(h, "_cxrflow", False)]
+    )
     with caplog.at_level(logging.DEBUG, logger="cxrflow.logs"):
         logs.emit_summary("ingest", "kept 30 images")
         logs.emit_progress("model_0", "epoch 1/2 loss=1.0")

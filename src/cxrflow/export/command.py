@@ -5,7 +5,6 @@ int8 model that loses too much accuracy, and optionally log the files to the mod
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,10 +82,12 @@ def load_source_model(params: Params, ref: str) -> SourceModel:
         for name in (MODEL_FILE, MODEL_INFO_FILE):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path / name}: not found (a `cxrflow train` output?)")
-        info = json.loads((path / MODEL_INFO_FILE).read_text())
+        from cxrflow.artifacts import ModelInfo
+
+        info = ModelInfo.read(path)
         model = keras.models.load_model(path / MODEL_FILE)
-        meta: dict[str, Any] = dict(info)
-        run_id = info.get("run_id")
+        meta: dict[str, Any] = info.model_dump()
+        run_id = info.run_id
     elif ":/" not in ref:  # not a URI (models:/, runs:/, s3://...): a directory that is not there
         raise FileNotFoundError(
             f"{ref}: no such model directory (give a `cxrflow train` output or an MLflow "

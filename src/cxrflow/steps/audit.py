@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
 from cxrflow.artifacts import AuditReport, ModelInfo
-from cxrflow.config import Params
 from cxrflow.jsonio import write_json_atomic
 from cxrflow.steps.evaluate import load_test_split
 from cxrflow.steps.frame import StepContext, step_frame
 from cxrflow.steps.spec import CANDIDATES, Port, StepSpec
 from cxrflow.steps.train import MODEL_FILE
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 AUDIT_FILE = AuditReport.FILE
 

@@ -7,17 +7,20 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
 from cxrflow.artifacts import Evaluation, ModelInfo
-from cxrflow.config import Params, params_hash
 from cxrflow.jsonio import write_json_atomic
 from cxrflow.steps.frame import StepContext, step_frame
 from cxrflow.steps.lineage import data_source, split_digest
 from cxrflow.steps.spec import MODELS, Port, StepSpec
 from cxrflow.steps.train import MODEL_FILE
 from cxrflow.tables import format_table
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,7 @@ def _evaluate_one(
     """Score one model on its dataset's test split, plot it, log it to its run."""
     import keras
 
+    from cxrflow.config import params_hash
     from cxrflow.evaluate import evaluate_model, flat_metrics
 
     params, prov = ctx.params, ctx.prov

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
-from cxrflow.config import Params, flatten_params, params_hash
 from cxrflow.steps.frame import step_frame
 from cxrflow.steps.spec import StepSpec
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 SUCCEEDED_STATES = ("SUCCEEDED", "SUCCESS", "COMPLETE")
 
@@ -29,6 +32,8 @@ def run_finalize(
         error: The error message KFP reports, if any.
     """
     with step_frame("finalize", params, pipeline_run_id=pipeline_run_id) as ctx:
+        from cxrflow.config import flatten_params, params_hash
+
         tracking, exp = ctx.tracking, params.tracking.experiment_name
         parent = tracking.find_parent_run(exp, pipeline_run_id)
         if parent is None:  # failed before ingest created it: record the failure anyway

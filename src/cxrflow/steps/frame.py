@@ -15,13 +15,16 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow.artifacts import Provenance
-from cxrflow.config import Params
 from cxrflow.logs import emit_summary
 from cxrflow.steps.lineage import mark_done, parent_run, read_provenance
 from cxrflow.steps.timing import StepTimes
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 log = logging.getLogger(__name__)
 

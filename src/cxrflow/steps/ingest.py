@@ -6,13 +6,16 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow.artifacts import Provenance
-from cxrflow.config import Params
 from cxrflow.steps.frame import step_frame
 from cxrflow.steps.lineage import data_tags, log_manifest, new_pipeline_run_id
 from cxrflow.steps.spec import Port, StepSpec
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 log = logging.getLogger(__name__)
 

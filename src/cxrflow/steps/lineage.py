@@ -17,11 +17,14 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
 from cxrflow.artifacts import Provenance
-from cxrflow.config import Params, flatten_params, params_hash
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ def current_pipeline_run(given: str = "") -> str | None:
 def common_tags(params: Params, prov: Provenance) -> dict[str, str]:
     """The tags every run of one pipeline run carries (profile, data, commit, params hash)."""
     from cxrflow import tracking
+    from cxrflow.config import params_hash
 
     hashes = prov.sources.get("dvc_hashes") or {}
     extra = {names.TAG_DATA_DVC_HASHES: json.dumps(hashes, sort_keys=True)} if hashes else {}
@@ -80,6 +84,7 @@ def parent_run(
     """The MLflow parent run of the current pipeline run (``pipeline_run_id``, default: the
     run that made the data), found or created; records a reuse of the data steps."""
     from cxrflow import tracking
+    from cxrflow.config import flatten_params
 
     current = pipeline_run_id or prov.pipeline_run_id
     parent = tracking.get_or_create_parent_run(

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
 from cxrflow.artifacts import AuditReport, Evaluation, ModelEvaluation, Registration
-from cxrflow.config import Params, params_hash
 from cxrflow.steps.audit import verdict_tags
 from cxrflow.steps.frame import step_frame
 from cxrflow.steps.spec import Port, StepSpec
 from cxrflow.tables import format_table
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 REGISTERED_FILE = Registration.FILE
 METRIC_TAGS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_macro")
@@ -28,6 +31,8 @@ def champion_score(tags: Mapping[str, str], metric: str) -> float | None:
 def _version_tags(
     params: Params, m: ModelEvaluation, decision: Any, audit: AuditReport
 ) -> dict[str, str]:
+    from cxrflow.config import params_hash
+
     metric = params.register.metric
     tags = {
         names.TAG_MODEL_KEY: m.model_key,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
-from cxrflow.config import Params
 from cxrflow.jsonio import write_json_atomic
 from cxrflow.steps.frame import step_frame
 from cxrflow.steps.spec import Port, StepSpec, always
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
 
 
 def run_split(

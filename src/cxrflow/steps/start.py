@@ -7,10 +7,13 @@ transfer starts from, or one of these descriptions (``models/scratch``, ``models
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cxrflow.config import Params
 from cxrflow.jsonio import write_json_atomic
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 START_FILE = "START.json"
 

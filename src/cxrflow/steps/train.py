@@ -9,16 +9,19 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
 from cxrflow.artifacts import ModelInfo, Provenance
-from cxrflow.config import DATASETS, ModelSpec, Params, flatten_params
 from cxrflow.jsonio import write_json_atomic
 from cxrflow.logs import emit_progress
 from cxrflow.steps.frame import StepContext, step_frame
 from cxrflow.steps.lineage import common_tags, data_source, split_digest
 from cxrflow.steps.spec import BASE_MODEL, Port, StepSpec
+
+if TYPE_CHECKING:
+    from cxrflow.config import ModelSpec, Params
+
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,52 @@ def _callbacks(ctx: StepContext, run_id: str, model_key: str, epochs_max: int) -
     return factory
 
 
+def _load_base(ctx: StepContext, model_key: str, spec: ModelSpec, base_model: Any) -> Any:
+    """The trained model a transfer starts from (None for a model from scratch/ImageNet)."""
+    if spec.base_model_key is None:
+        return None
+    if base_model is None:
+        raise ValueError(
+            f"{model_key}: init={spec.init} needs the trained {spec.init} "
+            f"(--base-model {spec.init}'s output directory)"
+        )
+    import keras
+
+    with ctx.phase("model_io"):
+        return keras.models.load_model(Path(base_model) / MODEL_FILE)
+
+
+def _start_run(ctx: StepContext, model_key: str, spec: ModelSpec) -> Any:
+    """The model's nested MLflow run (resumed by a retried attempt), as a context manager."""
+    from cxrflow.config import flatten_params
+
+    return ctx.tracking.model_run(
+        ctx.params.tracking.experiment_name,
+        ctx.open_parent(),
+        ctx.run_key,
+        model_key,
+        _run_tags(ctx.params, ctx.prov, spec),
+        flatten_params(ctx.params),
+    )
+
+
+def _log_inputs(ctx: StepContext, run_id: str, spec: ModelSpec, table: Any, data: Any) -> None:
+    """What the run starts from: its weights (or their absence) and its training data."""
+    from cxrflow.config import DATASETS
+
+    weights = _weights_tags(ctx.step, spec)
+    if weights:
+        ctx.tracking.set_tags(run_id, weights)
+    ctx.tracking.log_dataset(
+        run_id,
+        f"{spec.dataset}/train+val",
+        split_digest(table, ("train", "val")),
+        {**data_source(ctx.prov), "manifest_hash": ctx.prov.manifest_hash},
+        {"train": len(data[0]), "val": len(data[2]), "classes": list(DATASETS[spec.dataset])},
+        "training",
+    )
+
+
 def run_train(
     params: Params,
     model_key: str,
@@ -142,65 +191,32 @@ def run_train(
     """
     with step_frame(model_key, params, dataset_dir=dataset, pipeline_run_id=pipeline_run_id) as ctx:
         with ctx.phase("imports"):
-            import keras
-            import numpy as np
-
-            from cxrflow.config import check_model_key
+            from cxrflow.config import DATASETS, check_model_key
             from cxrflow.data.split import read_split_table
             from cxrflow.datasets import write_split_cache
-            from cxrflow.models import get_architecture
             from cxrflow.train import train_model
         spec = check_model_key(params, model_key)
-        classes = DATASETS[spec.dataset]
-        out = Path(model)
+        classes, size, out = DATASETS[spec.dataset], params.train.image_size, Path(model)
         out.mkdir(parents=True, exist_ok=True)
         table = read_split_table(splits, spec.dataset)
-        size = params.train.image_size
         with tempfile.TemporaryDirectory(prefix="cxrflow-images-") as cache:
             with ctx.phase("data"):
-                x_tr, y_tr = write_split_cache(dataset, table, "train", classes, size, cache)
-                x_va, y_va = write_split_cache(dataset, table, "val", classes, size, cache)
-            log.info(
-                "%s: %d train / %d val images of %s", model_key, len(x_tr), len(x_va), spec.dataset
-            )
-            base = None
-            if spec.base_model_key is not None:
-                if base_model is None:
-                    raise ValueError(
-                        f"{model_key}: init={spec.init} needs the trained {spec.init} "
-                        f"(--base-model {spec.init}'s output directory)"
-                    )
-                with ctx.phase("model_io"):
-                    base = keras.models.load_model(Path(base_model) / MODEL_FILE)
-            parent = ctx.open_parent()
-            tracking, run_key = ctx.tracking, ctx.run_key
-            with tracking.model_run(
-                params.tracking.experiment_name,
-                parent,
-                run_key,
-                model_key,
-                _run_tags(params, ctx.prov, spec),
-                flatten_params(params),
-            ) as run_id:
-                weights = _weights_tags(model_key, spec)
-                if weights:
-                    tracking.set_tags(run_id, weights)
-                tracking.log_dataset(
-                    run_id,
-                    f"{spec.dataset}/train+val",
-                    split_digest(table, ("train", "val")),
-                    {**data_source(ctx.prov), "manifest_hash": ctx.prov.manifest_hash},
-                    {"train": len(x_tr), "val": len(x_va), "classes": list(classes)},
-                    "training",
+                data = (
+                    *write_split_cache(dataset, table, "train", classes, size, cache),
+                    *write_split_cache(dataset, table, "val", classes, size, cache),
                 )
+            log.info("%s: %d train / %d val images", model_key, len(data[0]), len(data[2]))
+            base = _load_base(ctx, model_key, spec, base_model)
+            with _start_run(ctx, model_key, spec) as run_id:
+                _log_inputs(ctx, run_id, spec, table, data)
                 t0 = time.perf_counter()
-                ckpt = checkpoint_dir(params, run_key, model_key, out, checkpoint_volume)
+                ckpt = checkpoint_dir(params, ctx.run_key, model_key, out, checkpoint_volume)
                 with ctx.phase("compute"):
                     result = train_model(
                         spec,
                         params.train,
                         classes,
-                        (x_tr, y_tr, x_va, y_va),
+                        data,
                         base,
                         _callbacks(ctx, run_id, model_key, params.train.epochs),
                         verbose,
@@ -208,18 +224,7 @@ def run_train(
                         model_key=model_key,
                     )
                 train_s = time.perf_counter() - t0
-                _save_model(ctx, run_id, out, result, train_s, (len(x_tr), len(x_va)))
-                model_uri = tracking.log_keras_model(
-                    result.model,
-                    "model",
-                    x_tr[:2].astype(np.float32),
-                    {
-                        "classes": list(classes),
-                        "image_size": size,
-                        "model_key": model_key,
-                        "preprocessing": get_architecture(spec.architecture).preprocessing,
-                    },
-                )
+                model_uri = _save_model(ctx, run_id, out, spec, result, train_s, data)
         info = ModelInfo(
             model_key=model_key,
             classes=list(classes),
@@ -227,7 +232,7 @@ def run_train(
             dataset=spec.dataset,
             run_id=run_id,
             model_uri=model_uri,
-            pipeline_run_id=run_key,
+            pipeline_run_id=ctx.run_key,
             pretrained=result.pretrained,
             phases=result.phases,
             train_seconds=train_s,
@@ -246,9 +251,21 @@ def run_train(
 
 
 def _save_model(
-    ctx: StepContext, run_id: str, out: Path, result: Any, train_s: float, sizes: tuple[int, int]
-) -> None:
-    """Save the model and its history to the output and log the run's figures."""
+    ctx: StepContext,
+    run_id: str,
+    out: Path,
+    spec: ModelSpec,
+    result: Any,
+    train_s: float,
+    data: Any,
+) -> str:
+    """Save the model and its history to the output, log the run's figures and the model;
+    returns the logged model's URI."""
+    import numpy as np
+
+    from cxrflow.config import DATASETS
+    from cxrflow.models import get_architecture
+
     if result.resumed_from_epoch:
         ctx.tracking.set_tags(run_id, {names.TAG_RESUMED_FROM_EPOCH: result.resumed_from_epoch})
     with ctx.phase("model_io"):
@@ -259,12 +276,26 @@ def _save_model(
         {
             "train_seconds": train_s,
             "epochs_total": float(len(result.history.get("loss", []))),
-            "n_train": float(sizes[0]),
-            "n_val": float(sizes[1]),
+            "n_train": float(len(data[0])),
+            "n_val": float(len(data[2])),
             names.METRIC_DATA_SECONDS: ctx.times.seconds.get("data", 0.0),
         },
     )
     ctx.tracking.log_artifact(run_id, out / "history.json")
+    model_key = ctx.step
+    return str(
+        ctx.tracking.log_keras_model(
+            result.model,
+            "model",
+            data[0][:2].astype(np.float32),
+            {
+                "classes": list(DATASETS[spec.dataset]),
+                "image_size": ctx.params.train.image_size,
+                "model_key": model_key,
+                "preprocessing": get_architecture(spec.architecture).preprocessing,
+            },
+        )
+    )
 
 
 def _publish(result: Mapping[str, Any] | None, outputs: Mapping[str, Any]) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
-from cxrflow.config import Params
 from cxrflow.steps.frame import step_frame
 from cxrflow.steps.spec import Port, StepSpec, always
+
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 
 DATA_DOCS_PAGE = "data_docs.html"
 
