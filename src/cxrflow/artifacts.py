@@ -52,7 +52,9 @@ class _FileMixin:
         """Write the file atomically into ``directory``; returns its path."""
         path = self.path(directory)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, self.model_dump(mode="json"))  # type: ignore[attr-defined]
+        # python mode + the JSON writer's str fallback: figures the library computes (numpy
+        # scalars in an evaluation's extras) are written as they always were
+        write_json_atomic(path, self.model_dump())  # type: ignore[attr-defined]
         return path
 
 

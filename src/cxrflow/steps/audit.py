@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
 from cxrflow.artifacts import AuditReport, ModelInfo
-from cxrflow.jsonio import write_json_atomic
 from cxrflow.steps.evaluate import load_test_split
 from cxrflow.steps.frame import StepContext, step_frame
 from cxrflow.steps.spec import CANDIDATES, Port, StepSpec
@@ -113,7 +112,7 @@ def run_audit(
         parent = ctx.open_parent()
         results: dict[str, Any] = {}
         if not params.audit.enabled:
-            write_json_atomic(out / AUDIT_FILE, results)
+            AuditReport({}).write(out)
             ctx.summary = "disabled (audit.enabled: false): nothing audited"
             return results
         manifest = read_manifest(dataset)
@@ -124,7 +123,7 @@ def run_audit(
             first = next(iter(controls.values()))
             if len(first["x_controls"]):
                 plot_mask(first["x_controls"][0], params.audit.mask_fraction, out / "lung_mask.png")
-        write_json_atomic(out / AUDIT_FILE, results)
+        AuditReport.model_validate(results).write(out)
         ctx.tracking.log_artifact(parent, out / AUDIT_FILE, "audit")
         passed = [k for k, r in results.items() if r["passed"]]
         ctx.tracking.set_tags(parent, {names.TAG_AUDIT_PASSED: ",".join(passed) or "none"})

@@ -232,7 +232,7 @@ def run_evaluate(
             for key in sorted(models)
         }
         pairs = _mcnemar(results, tests)
-        write_json_atomic(out / METRICS_FILE, results)
+        Evaluation.model_validate(results).write(out)
         write_json_atomic(out / MCNEMAR_FILE, pairs)
         (out / "summary.md").write_text(format_summary(results, pairs))
         for name in (METRICS_FILE, MCNEMAR_FILE, "summary.md"):
