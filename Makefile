@@ -5,12 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= demo
+VARIANT ?= cpu
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_LINK_MODE ?= copy
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv run test lint lint-infra format typecheck unit compile bench stack stack-down clean
+.PHONY: help venv run test lint lint-infra format typecheck unit compile bench stack stack-down clean image
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-10s %s\n",$$1,$$2}'
@@ -26,20 +27,20 @@ venv: $(BIN)/cxrflow ## create .venv from uv.lock (installs uv with pip if missi
 run: venv ## run the whole pipeline locally (kfp.local) on the demo profile, offline
 	$(BIN)/cxrflow --profile $(PROFILE) pipeline run --local
 
-test: venv lint typecheck lint-infra ## ruff, mypy, unit + integration + pipeline tests (what CI runs)
+test: venv lint typecheck lint-infra image ## ruff, mypy, unit + integration + pipeline tests (what CI runs)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 unit: venv ## the fast loop: tests not marked slow or s3 (a few minutes)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not s3"
 
 lint: venv ## ruff lint + format check, deptry (imports = declared dependencies)
-	$(BIN)/ruff check src components pipelines tests bench infra/stack
-	$(BIN)/ruff format --check src components pipelines tests bench infra/stack
-	$(BIN)/deptry src pipelines components infra/stack bench
+	$(BIN)/ruff check src components pipelines tests bench infra/stack infra/image
+	$(BIN)/ruff format --check src components pipelines tests bench infra/stack infra/image
+	$(BIN)/deptry src pipelines components infra/stack bench infra/image
 
 format: venv ## apply ruff formatting and fixes
-	$(BIN)/ruff check --fix src components pipelines tests bench infra/stack
-	$(BIN)/ruff format src components pipelines tests bench infra/stack
+	$(BIN)/ruff check --fix src components pipelines tests bench infra/stack infra/image
+	$(BIN)/ruff format src components pipelines tests bench infra/stack infra/image
 
 lint-infra: venv ## kubectl kustomize, kubernetes-validate, checkov, hadolint, yamllint (pinned, isolated)
 	infra/lint/lint-infra.sh
@@ -54,6 +55,9 @@ compile: venv ## compile the KFP pipeline YAML (paper and demo profiles) and the
 
 bench: venv ## run benchmarks (JSON results in bench/results/)
 	$(BIN)/python bench/run.py
+
+image: ## build the component image with podman (VARIANT=gpu for CUDA); record in build/image.json
+	$(PYTHON) infra/image/build.py --variant $(VARIANT)
 
 stack: venv ## start PostgreSQL + moto S3 + MLflow server (basic auth) on 127.0.0.1
 	$(BIN)/python infra/stack/stack.py up

@@ -9,6 +9,7 @@ runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ SERVICE_ACCOUNT_ENV = "KFP_SERVICE_ACCOUNT"
 KUBE_CONTEXT_ENV = "KFP_KUBE_CONTEXT"
 
 add_user_errors("pipelines.progress:LocalStepError", "pipelines.submit:KfpApiError")
+add_user_errors("pipelines.containers:ContainerError")
 
 pipeline_app = typer.Typer(
     help="the Kubeflow pipeline: compile, run locally, submit, schedule, list runs",
@@ -69,9 +71,17 @@ def pipeline_run(
         str | None,
         typer.Option(help="pin a data registry version (same as --set data.version=...)"),
     ] = None,
+    containers: Annotated[
+        bool,
+        typer.Option(
+            "--containers",
+            help="run every step in the built image (make image) with podman, as a pod would; "
+            "needs an MLflow server (make stack)",
+        ),
+    ] = False,
 ) -> None:
-    """Run the whole pipeline on this machine (kfp.local subprocesses); one line per step,
-    full logs in runs/<run>/<step>.log. Reads all params."""
+    """Run the whole pipeline on this machine (kfp.local subprocesses, or the image's
+    containers); one line per step, full logs in runs/<run>/<step>.log. Reads all params."""
     if not local:
         raise ValueError(
             "only --local runs here; on a cluster use `cxrflow pipeline submit` "
@@ -80,7 +90,6 @@ def pipeline_run(
     from cxrflow.config import params_hash
     from cxrflow.steps import format_promotion, format_summary
     from cxrflow.tracking import tracking_uri
-    from pipelines.cxrflow_pipeline import build_pipeline
     from pipelines.local import find_metrics, find_registered, run_local
 
     settings = current_settings()
@@ -90,13 +99,19 @@ def pipeline_run(
         f"cxrflow pipeline: profile {params.profile}, params {params_hash(params)}, "
         f"models {', '.join(params.model_keys)}; MLflow {uri}"
     )
-    result = run_local(
-        build_pipeline(params, retries=False),
-        {},
-        pipeline_root,
-        verbose=settings.verbose,
-        env={"MLFLOW_TRACKING_URI": uri},
-    )
+    with _container_session(containers, uri) as session:
+        # imported here: the components take their images when first imported (the session
+        # may name the local ones)
+        from pipelines.cxrflow_pipeline import build_pipeline
+
+        result = run_local(
+            build_pipeline(params, retries=False),
+            {},
+            pipeline_root,
+            verbose=settings.verbose,
+            env={"MLFLOW_TRACKING_URI": uri},
+            containers=session,
+        )
     if not settings.verbose:  # kfp.local logs its workspace clean-up at exit
         logging.getLogger().setLevel(logging.WARNING)
     results = find_metrics(result.run_dir)
@@ -106,6 +121,17 @@ def pipeline_run(
     print(format_summary(results), end="")
     print(format_promotion(registered), end="")
     print(_ui_hint(uri))
+
+
+def _container_session(containers: bool, uri: str) -> Any:
+    """podman's service for ``--containers`` (:mod:`pipelines.containers`), else nothing."""
+    if not containers:
+        return contextlib.nullcontext()
+    import sys
+
+    from pipelines.containers import container_session
+
+    return container_session(uri, out=sys.stdout)
 
 
 def _ui_hint(uri: str) -> str:
@@ -151,12 +177,14 @@ AsJsonOption = Annotated[bool, typer.Option("--json", help="JSON instead of a ta
 ScheduleRef = Annotated[str, typer.Argument(help="recurring run name or id")]
 
 
-def _package(package: Path | None) -> tuple[Path, list[str]]:
+def _package(package: Path | None, action: str) -> tuple[Path, list[str]]:
     """The package to submit and the overrides still to apply to it.
 
     Without --package the resolved params (profile and --set included) are compiled now; with
     one, its own configuration is used and --set applies on top of it (a profile is a choice
-    made at compile time, so --profile with --package is refused).
+    made at compile time, so --profile with --package is refused). A configuration whose pods
+    could not get a model's weights is refused for ``action`` before it is compiled
+    (``pipelines.submit`` checks a given package).
     """
     settings = current_settings()
     if package is not None:
@@ -166,9 +194,12 @@ def _package(package: Path | None) -> tuple[Path, list[str]]:
                 "configuration and --set KEY=VALUE"
             )
         return package, list(settings.overrides)
+    from cxrflow.weights import require_reachable_weights
     from pipelines.compile import compile_pipeline
 
-    path = compile_pipeline(settings.params(), Path("build") / "cxrflow-pipeline-submit.yaml")
+    params = settings.params()
+    require_reachable_weights(params, action)
+    path = compile_pipeline(params, Path("build") / "cxrflow-pipeline-submit.yaml")
     return path, []
 
 
@@ -187,7 +218,7 @@ def pipeline_submit(
     """Start one run on a Kubeflow Pipelines cluster with the resolved configuration."""
     from pipelines.submit import submit_run
 
-    path, overrides = _package(package)
+    path, overrides = _package(package, "submit")
     # unset options are left out, so the defaults live once, in pipelines.submit
     run_id = submit_run(
         host,
@@ -226,7 +257,7 @@ def pipeline_schedule_create(
     --catchup."""
     from pipelines.submit import schedule_nightly
 
-    path, overrides = _package(package)
+    path, overrides = _package(package, "schedule create")
     job_id = schedule_nightly(
         host,
         path,

@@ -22,6 +22,12 @@ On a cluster (``params.cluster``, compiled in, like the images):
   taint, so they cannot land on a tainted GPU node; they also carry a required node affinity
   ``cxrflow.io/accelerator NotIn [nvidia-gpu]``, so a GPU node whose taint is missing (a pool
   set up by hand) still does not take them.
+- Timeouts: every task's pod may run at most ``cluster.timeouts`` of its kind
+  (``activeDeadlineSeconds``; training longest); each retry is a new pod with a new deadline.
+- MLflow: every task gets the basic-auth credentials (``MLFLOW_AUTH_ENV``) from the Secret and
+  the pod label ``MLFLOW_CLIENT_LABEL``, the only pods (with the MLflow namespace's own clients)
+  the MLflow NetworkPolicy admits; the exit handler also gets the optional failure webhook
+  (``ALERT_ENV``, :mod:`cxrflow.notify`).
 - Retries: the model steps retry with ``cluster.retry.train`` (a preempted node) and resume:
   the checkpoint PVC ``cluster.checkpoints.pvc`` is mounted on them, and each checkpoints
   every epoch to ``<mount_path>/<pipeline run id>/<model key>``, which the retried pod finds.
@@ -64,6 +70,15 @@ SECRET_ENV = {
     "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
 }
+MLFLOW_AUTH_ENV = {
+    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+}
+"""MLflow basic-auth credentials of every task (required: the server refuses anonymous calls)."""
+ALERT_ENV = {"CXRFLOW_ALERT_WEBHOOK_URL": "CXRFLOW_ALERT_WEBHOOK_URL"}
+"""The failure webhook of the exit handler (optional key: absent, no alert is posted)."""
+MLFLOW_CLIENT_LABEL = ("cxrflow.io/mlflow-client", "true")
+"""The pod label of every task, which the MLflow NetworkPolicy (infra/k8s/base) admits."""
 CONFIG_MAP_NAME = "cxrflow-config"
 CONFIG_MAP_ENV = {
     "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
@@ -142,13 +157,15 @@ def step_kind(params: Params, step: str) -> str:
 
 
 def _configure(tasks: dict[str, dsl.PipelineTask], params: Params, retries: bool) -> None:
-    """Caching, resources, placement, retries and environment of every task (module doc)."""
+    """Caching, resources, timeouts, placement, retries and environment of every task (module
+    doc)."""
     caching, cluster = cache_policy(params), params.cluster
     for step, task in tasks.items():
         spec = spec_of(params, step)
-        _cluster_env(task)
+        _cluster_env(task, spec)
         task.set_caching_options(caching[step])
         _resources(task, getattr(cluster.resources, spec.kind))
+        kubernetes.set_timeout(task, getattr(cluster.timeouts, spec.kind))
         if spec.kind == "train":
             _gpu(task, params)
             if retries:
@@ -161,9 +178,14 @@ def _configure(tasks: dict[str, dsl.PipelineTask], params: Params, retries: bool
             kubernetes.use_field_path_as_env(task, PIPELINE_RUN_ENV, RUN_ID_FIELD)
 
 
-def _cluster_env(task: dsl.PipelineTask) -> None:
+def _cluster_env(task: dsl.PipelineTask, spec: StepSpec) -> None:
+    # S3 keys optional: with IRSA / Workload Identity the pod has a cloud identity instead
     kubernetes.use_secret_as_env(task, SECRET_NAME, SECRET_ENV, optional=True)
+    kubernetes.use_secret_as_env(task, SECRET_NAME, MLFLOW_AUTH_ENV, optional=False)
+    if spec.exit_handler:
+        kubernetes.use_secret_as_env(task, SECRET_NAME, ALERT_ENV, optional=True)
     kubernetes.use_config_map_as_env(task, CONFIG_MAP_NAME, CONFIG_MAP_ENV, optional=False)
+    kubernetes.add_pod_label(task, *MLFLOW_CLIENT_LABEL)
 
 
 def _resources(task: dsl.PipelineTask, res: ResourceParams) -> None:

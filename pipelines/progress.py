@@ -117,13 +117,40 @@ class LocalStepError(RuntimeError):
         super().__init__(f"step {step} failed: {what} (full log: {display_path(self.log_path)})")
 
 
+class RunInterrupted(SystemExit):
+    """A local run stopped by SIGINT or SIGTERM, once cleaned up (see ``pipelines.local``).
+
+    A ``SystemExit`` whose code is 128 + the signal number (130, 143), as a shell reports a
+    command the signal ended: the ``cxrflow`` command exits with it and prints nothing more,
+    the one line (``str()``) having been shown already.
+
+    Attributes:
+        signum: the signal.
+        line: the line shown (what was stopped; the MLflow parent run and how it was marked).
+        parent_run_id: the MLflow parent run marked ``KILLED``, or None.
+        steps: the steps that were running.
+    """
+
+    def __init__(
+        self, signum: int, line: str, parent_run_id: str | None, steps: Iterable[str]
+    ) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.line = line
+        self.parent_run_id = parent_run_id
+        self.steps = list(steps)
+
+    def __str__(self) -> str:
+        return self.line
+
+
 @dataclasses.dataclass
 class StepRecord:
     """One step of a local run as the console saw it.
 
     Attributes:
         name: the step key (``model_0``), from kfp's task name.
-        status: ``running``, ``ok`` or ``FAILED``.
+        status: ``running``, ``ok``, ``FAILED``, or ``stopped`` (the run was interrupted).
         seconds: wall time from kfp's start line to its end line.
         summary: the text of the step's last summary report, or ``""``.
         error: for a failed step, its last error line.
@@ -436,6 +463,27 @@ class RunConsole:
         return self._width
 
     # ---- the end -----------------------------------------------------------------------------
+
+    def running_steps(self) -> list[str]:
+        """The steps running now, in the order they started."""
+        with self._lock:
+            return [live.record.name for live in self._live.values()]
+
+    def stop_running(self) -> list[str]:
+        """End the running steps as ``stopped`` (the run was interrupted), without a line.
+
+        Returns:
+            Their names.
+        """
+        with self._lock:
+            stopped = []
+            for live in self._live.values():
+                live.record.status = "stopped"
+                live.record.seconds = time.monotonic() - live.started
+                live.log.close()
+                stopped.append(live.record.name)
+            self._live.clear()
+            return stopped
 
     def failed_step(self) -> StepRecord | None:
         """The last step that ended FAILED (the last attempt, for a retried one), if any."""

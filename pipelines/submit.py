@@ -41,6 +41,7 @@ import kfp
 import yaml
 
 from cxrflow.config import Params, params_from_dict, params_from_kfp, params_to_dict, params_to_kfp
+from cxrflow.weights import require_reachable_weights
 from pipelines.kfp_client import (
     DEFAULT_SERVICE_ACCOUNT,
     HOST_ENV,
@@ -197,9 +198,14 @@ def submit_run(
 
     Returns:
         The KFP run id.
+
+    Raises:
+        UnreachableWeightsError: A model needs weights its pod cannot get
+            (:func:`cxrflow.weights.unreachable_weights`); refused before any connection.
     """
     path = Path(package_path)
     arguments = resolve_arguments(path, params_overrides)  # before connecting: fail fast
+    require_reachable_weights(params_from_kfp(arguments["params"]), "submit")
     namespace = resolve_namespace(namespace)
     kfp_client = client if client is not None else make_client(host, namespace, kube_context)
     result = kfp_client.create_run_from_pipeline_package(
@@ -295,12 +301,15 @@ def schedule_nightly(
     Raises:
         ValueError: For a bad cron expression, ``max_concurrency < 1`` or bad overrides.
         RuntimeError: If a recurring run named ``job_name`` exists and ``replace`` is false.
+        UnreachableWeightsError: A model needs weights its pod cannot get
+            (:func:`cxrflow.weights.unreachable_weights`); refused before any connection.
     """
     cron = validate_cron(cron)
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
     path = Path(package_path)
     arguments = resolve_arguments(path, params_overrides)
+    require_reachable_weights(params_from_kfp(arguments["params"]), "schedule create")
     namespace = resolve_namespace(namespace)
     kfp_client = client if client is not None else make_client(host, namespace, kube_context)
     exp = kfp_client.create_experiment(name=experiment, namespace=namespace)

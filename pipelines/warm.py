@@ -190,6 +190,8 @@ def _become_step(request: dict[str, Any], fds: list[int]) -> NoReturn:
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ[STARTED_ENV] = "1"
+        # the server and waiter ignore SIGINT (see serve); a step takes it as a cold one does
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for stream in (sys.stdout, sys.stderr):
             stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
         sys.argv = ["", *request["args"]]  # sys.path[0] is already this cwd (see serve)
@@ -476,6 +478,11 @@ if __name__ == "__main__":
         parent = int(os.environ.get("CXRFLOW_WARM_PARENT") or os.getppid())
         if parent == 1:  # orphaned before it started: nobody to serve
             sys.exit(0)
+        # Ctrl-C reaches the whole process group: the steps get it through their clients and
+        # the runner stops this server itself (SIGTERM), so neither the server nor a waiter
+        # (which must outlive its step to report its exit status) dies of it halfway; a step
+        # takes SIGINT back (_become_step)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         preload = os.environ.get("CXRFLOW_WARM_PRELOAD")  # comma-separated; tests use their own
         modules = (
             tuple(m for m in preload.split(",") if m) if preload is not None else preload_modules()

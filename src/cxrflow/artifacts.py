@@ -71,12 +71,12 @@ class Provenance(_FileMixin, _Strict):
 
     FILE: ClassVar[str] = "provenance.json"
 
-    pipeline_run_id: str
     data_version: str
     manifest_hash: str
     origin: str
-    profile: str
-    sources: dict[str, Any]
+    pipeline_run_id: str = ""
+    profile: str = ""
+    sources: dict[str, Any] = {}
 
 
 class ModelInfo(_FileMixin, _Strict):
@@ -88,9 +88,10 @@ class ModelInfo(_FileMixin, _Strict):
     classes: list[str]
     image_size: int
     dataset: str
-    run_id: str
-    model_uri: str
-    pipeline_run_id: str
+    run_id: str = ""
+    """The model's MLflow run ("" for a model directory made outside a tracked run)."""
+    model_uri: str = ""
+    pipeline_run_id: str = ""
     pretrained: Any = None
     phases: list[Any] = []
     train_seconds: float = 0.0
@@ -98,17 +99,21 @@ class ModelInfo(_FileMixin, _Strict):
 
 
 class ModelEvaluation(_Open):
-    """One model's test-split figures (the rest of ``evaluate_model``'s keys stay as extras)."""
+    """One model's test-split figures (the rest of ``evaluate_model``'s keys stay as extras).
 
-    model_key: str
+    Only what every evaluation since the first release carries is required, so that ``report``
+    and ``compare`` still read older run outputs; the evaluate step writes every field.
+    """
+
     dataset: str
-    run_id: str
-    model_uri: str
-    classes: list[str]
-    n_test: int
     accuracy: float
     f1_macro: float
-    confusion_matrix: list[list[int]]
+    model_key: str = ""
+    run_id: str = ""
+    model_uri: str = ""
+    classes: list[str] = []
+    n_test: int = 0
+    confusion_matrix: list[list[int]] = []
     data_version: str = ""
     manifest_hash: str = ""
     params_hash: str = ""
@@ -150,18 +155,18 @@ class Registration(_FileMixin, _Strict):
     model_key: str
     role: str
     reason: str
-    champion: str | None
-    previous_champion_version: int | str | None
-    metric: str
-    value: float
     model_name: str
     alias: str
     version: int | str
-    model_uri: str
-    source_model_uri: str
-    audit_passed: bool | None
-    eligible: list[str]
-    candidates: dict[str, float]
-    audit: dict[str, dict[str, Any]]
+    champion: str | None = None
+    previous_champion_version: int | str | None = None
+    metric: str = ""
+    value: float | None = None
+    model_uri: str = ""
+    source_model_uri: str = ""
+    audit_passed: bool | None = None
+    eligible: list[str] = []
+    candidates: dict[str, float] = {}
+    audit: dict[str, dict[str, Any]] = {}
     run_id: str = ""
     dataset: str = ""

@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +252,9 @@ def model_run(
     try:
         yield str(run.info.run_id)
         mlflow.end_run("FINISHED")
+    except KeyboardInterrupt:  # SIGINT: the run was stopped, not broken
+        mlflow.end_run("KILLED")
+        raise
     except BaseException:
         mlflow.end_run("FAILED")
         raise
@@ -447,6 +450,61 @@ def log_dataset(
     )
 
 
+def ensure_store(uri: str | None = None) -> bool:
+    """Create a sqlite tracking store's schema now, once, whoever else is starting.
+
+    MLflow creates a sqlite store's tables when a process first opens it and finds some
+    missing; two processes doing so at once both create them and the second fails (``table
+    webhooks already exists``): two local runs started together on a new store. A runner calls
+    this before any step starts. It holds an exclusive ``flock`` on the database's folder (no
+    lock file is left behind) while it checks the schema (stdlib ``sqlite3``, read-only) and,
+    only when the store is new, lets MLflow create it; an existing store costs no MLflow import.
+    Other URIs (a tracking server, PostgreSQL) are left alone: their schema is the server's.
+
+    Args:
+        uri: The tracking URI (default: :func:`tracking_uri`).
+
+    Returns:
+        Whether this call created the schema.
+    """
+    import fcntl
+
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return False
+    db = Path(uri[len("sqlite:///") :]).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(db.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if _has_schema(db):
+            return False
+        from mlflow.tracking import MlflowClient
+
+        # the first request opens the store: MLflow creates every table and the default
+        # experiment, as a step would, but alone
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        return True
+    finally:
+        os.close(folder)  # releases the lock
+
+
+def _has_schema(db: Path) -> bool:
+    """Whether the sqlite file ``db`` holds MLflow's tables (its migrations ran to the end)."""
+    import sqlite3
+
+    if not db.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not {"alembic_version", "experiments", "runs"} <= tables:
+                return False
+            return bool(conn.execute("SELECT version_num FROM alembic_version").fetchall())
+    except sqlite3.Error:
+        return False
+
+
 def tracking_store_exists() -> bool:
     """False when the default sqlite store has never been created (nothing was ever tracked).
 
@@ -458,8 +516,19 @@ def tracking_store_exists() -> bool:
     return True
 
 
-def fail_running_children(experiment_name: str, pipeline_run_id: str) -> list[str]:
-    """Mark the pipeline run's nested runs still ``RUNNING`` as ``FAILED`` (a killed step)."""
+def fail_running_children(
+    experiment_name: str, pipeline_run_id: str, status: str = "FAILED"
+) -> list[str]:
+    """Mark the pipeline run's nested runs still ``RUNNING`` as ``status`` (a killed step).
+
+    Args:
+        experiment_name: The pipeline's MLflow experiment.
+        pipeline_run_id: The pipeline run.
+        status: ``FAILED`` (a step died), or ``KILLED`` (the run was stopped).
+
+    Returns:
+        The ids of the runs it ended.
+    """
     from mlflow.tracking import MlflowClient
 
     exp_id = configure(experiment_name)
@@ -470,7 +539,7 @@ def fail_running_children(experiment_name: str, pipeline_run_id: str) -> list[st
     )
     stale = [r.info.run_id for r in client.search_runs([exp_id], filter_string=flt)]
     for run_id in stale:
-        client.set_terminated(run_id, "FAILED")
+        client.set_terminated(run_id, status)
     return [str(r) for r in stale]
 
 

@@ -455,6 +455,7 @@ def train_model(
     verbose: int = 2,
     checkpoint_dir: str | Path | None = None,
     model_key: str | None = None,
+    weights_file: str | Path | None = None,
 ) -> TrainResult:
     """Train one model as the paper describes.
 
@@ -477,6 +478,10 @@ def train_model(
             directory is kept afterwards (a call after a completed training returns the final
             model without training); delete it once the outputs are saved.
         model_key: The model's key in ``params.yaml``, for error messages.
+        weights_file: The local copy of ``spec.weights_path`` to load (fetched and checked by
+            :func:`cxrflow.weights.fetched_weights`); ``None`` = ``spec.weights_path`` itself.
+            The spec keeps naming the configured location, so results and checkpoints do not
+            depend on where the copy was put.
 
     Returns:
         The trained model, merged history (phases concatenated), phase summaries and how many
@@ -517,7 +522,8 @@ def train_model(
         model = arch.transfer(base_model, k)
         pretrained = spec.init
     else:
-        model = arch.build(params.image_size, k, spec.init, spec.weights_path)
+        local = spec.weights_path if weights_file is None else str(weights_file)
+        model = arch.build(params.image_size, k, spec.init, local)
         if kind == "imagenet":
             pretrained = spec.weights_path or "none"
     # Pretrained features (transfer, imagenet) first get a head fitted on frozen features, so

@@ -1,5 +1,6 @@
-"""The compiled pipeline's cluster policy: retries, resources, placement, the checkpoint volume
-and the caching of each task, read from the compiled YAML."""
+"""The compiled pipeline's cluster policy: retries, resources, timeouts, placement, the checkpoint
+volume, the MLflow login and pod label, and the caching of each task, read from the compiled
+YAML."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from cxrflow.steps import PIPELINE_RUN_ENV
 from cxrflow.steps.registry import data_steps
 from pipelines.compile import compile_pipeline
 from pipelines.cxrflow_pipeline import (
+    ALERT_ENV,
     GPU_NODE_SELECTOR,
     GPU_TOLERATION,
     IO_RETRY_STEPS,
+    MLFLOW_AUTH_ENV,
+    MLFLOW_CLIENT_LABEL,
     RUN_ID_FIELD,
+    SECRET_NAME,
     cache_policy,
     cache_policy_changes,
     step_kind,
@@ -214,16 +219,70 @@ def test_training_tasks_mount_the_checkpoint_volume(paper, tmp_path: Path) -> No
         assert given["runtimeValue"]["constant"] == ""
 
 
+def test_every_task_has_the_timeout_of_its_kind_from_params(paper) -> None:
+    params, compiled = paper
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["cluster"]["timeouts"]
+    assert params.cluster.timeouts.model_dump() == raw  # params.yaml, not a code default
+    for step in compiled.tasks:
+        deadline = compiled.kubernetes(step)["activeDeadlineSeconds"]
+        assert int(deadline) == raw[step_kind(params, step)], step
+    assert "finalize" in compiled.tasks  # the exit handler too
+    longest = max(raw.values())
+    assert raw["train"] == longest
+    assert {
+        s for s in compiled.tasks if int(compiled.kubernetes(s)["activeDeadlineSeconds"]) == longest
+    } == set(params.model_keys)
+
+
+def test_timeouts_keep_training_longest() -> None:
+    with pytest.raises(ValueError, match="exceeds train"):
+        load_params(ROOT / "params.yaml", "smoke", ("cluster.timeouts.evaluate=200000",))
+    with pytest.raises(ValueError):
+        load_params(ROOT / "params.yaml", "smoke", ("cluster.timeouts.data=0",))
+
+
+def _secret_env(kube: dict[str, Any]) -> dict[str, tuple[str, str, bool]]:
+    """env var -> (Secret, key, optional) of a task's secretAsEnv."""
+    return {
+        m["envVar"]: (ref["secretName"], m["secretKey"], ref.get("optional", False))
+        for ref in kube.get("secretAsEnv", [])
+        for m in ref["keyToEnv"]
+    }
+
+
+def test_every_task_logs_in_to_mlflow_and_carries_the_client_label(paper) -> None:
+    """The MLflow server runs with basic auth and admits only pods with the label
+    (infra/k8s/base: mlflow-deployment.yaml, networkpolicy.yaml)."""
+    _, compiled = paper
+    key, value = MLFLOW_CLIENT_LABEL
+    for step in compiled.tasks:
+        kube = compiled.kubernetes(step)
+        assert kube["podMetadata"]["labels"] == {key: value}, step
+        env = _secret_env(kube)
+        for var, secret_key in MLFLOW_AUTH_ENV.items():
+            assert env[var] == (SECRET_NAME, secret_key, False), step  # required: no anonymous
+        alert = {v: env[v] for v in ALERT_ENV if v in env}
+        if step == "finalize":  # only the exit handler posts alerts; the key is optional
+            assert alert == {v: (SECRET_NAME, k, True) for v, k in ALERT_ENV.items()}
+        else:
+            assert alert == {}, step
+
+
 def test_cluster_params_are_what_gets_compiled(tmp_path: Path) -> None:
     overrides = (
         "cluster.retry.train.num_retries=5",
         "cluster.resources.record.memory_limit=3Gi",
         "cluster.checkpoints.mount_path=/ckpt",
+        "cluster.timeouts.train=90000",
+        "cluster.timeouts.record=600",
     )
     _, compiled = _compile(tmp_path, "smoke", overrides)
     assert compiled.tasks["model_0"]["retryPolicy"]["maxRetryCount"] == 5
     assert compiled.container("register")["resources"]["resourceMemoryLimit"] == "3Gi"
     assert compiled.kubernetes("model_1")["pvcMount"][0]["mountPath"] == "/ckpt"
+    assert compiled.kubernetes("model_1")["activeDeadlineSeconds"] == "90000"
+    assert compiled.kubernetes("finalize")["activeDeadlineSeconds"] == "600"
+    assert compiled.kubernetes("register")["activeDeadlineSeconds"] == "600"
 
 
 def test_cache_policy_changes_name_what_a_submit_override_would_change() -> None:

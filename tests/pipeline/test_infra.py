@@ -37,12 +37,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from pipelines import submit  # noqa: E402
 from pipelines.cxrflow_pipeline import (  # noqa: E402
+    ALERT_ENV,
     CONFIG_MAP_ENV,
     CONFIG_MAP_NAME,
     GPU_LIMIT,
     GPU_NODE_SELECTOR,
     GPU_RESOURCE,
     GPU_TOLERATION,
+    MLFLOW_AUTH_ENV,
+    MLFLOW_CLIENT_LABEL,
     SECRET_ENV,
     SECRET_NAME,
 )
@@ -215,6 +218,7 @@ def test_secret_example_covers_every_secret_reference() -> None:
     examples = {d["metadata"]["name"]: d for d in _docs(SECRET_EXAMPLE)}
     assert all(d["kind"] == "Secret" for d in examples.values())
     assert set(SECRET_ENV) <= set(examples[SECRET_NAME]["stringData"])
+    assert set(MLFLOW_AUTH_ENV) | set(ALERT_ENV) <= set(examples[SECRET_NAME]["stringData"])
     text = SECRET_EXAMPLE.read_text()
     assert "kubectl" in text and "create secret generic" in text  # how to make the real one
     for doc in _base_objects():
@@ -285,6 +289,65 @@ def test_mlflow_allowed_hosts_cover_the_tracking_uri() -> None:
     assert is_allowed_host_header(allowed, "localhost:5000")  # kubectl port-forward
     assert not is_allowed_host_header(allowed, "attacker.example:5000")
     assert "*" not in allowed
+
+
+def test_mlflow_runs_basic_auth_with_the_runs_login_as_admin() -> None:
+    """As `make stack`: --app-name basic-auth, the admin created from the very Secret keys the
+    run pods log in with, the auth config a read-only file from the Secret, one Flask key."""
+    import configparser
+
+    dep = _one("Deployment", "mlflow")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert _flag([str(a) for a in c["args"]], "--app-name") == "basic-auth"
+    env = _env(c)
+    for server_var, key in (
+        ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_TRACKING_USERNAME"),
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD"),
+    ):
+        assert env[server_var]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": key}
+        assert key in MLFLOW_AUTH_ENV  # what every run pod gets (pipelines/cxrflow_pipeline.py)
+    assert "secretKeyRef" in env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]
+    config_path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (name,) = [n for n, m in mounts.items() if Path(m["mountPath"]) == config_path.parent]
+    assert mounts[name]["readOnly"] is True
+    items = volumes[name]["secret"]["items"]
+    assert [i["path"] for i in items] == [config_path.name]
+    # the example's auth config is one MLflow reads: its own store, basic auth
+    example = {d["metadata"]["name"]: d for d in _docs(SECRET_EXAMPLE)}
+    secret = example[volumes[name]["secret"]["secretName"]]["stringData"]
+    ini = configparser.ConfigParser()
+    ini.read_string(secret[items[0]["key"]])
+    assert ini["mlflow"]["database_uri"].endswith("/mlflow_auth")
+    assert ini["mlflow"]["authorization_function"].endswith("authenticate_request_basic_auth")
+    # the init container creates that database, reading the credentials as files
+    (init,) = pod["initContainers"]
+    assert "createdb mlflow_auth" in init["command"][-1]
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in init.get("env", []))
+
+
+def test_mlflow_port_admits_only_labelled_clients_of_the_runs_namespace() -> None:
+    """Not every namespace (as before): the runs' pods by their label, in the namespace where
+    KFP runs them, and this namespace's pods that carry the same label."""
+    key, value = MLFLOW_CLIENT_LABEL
+    policy = _one("NetworkPolicy", "mlflow-ingress")
+    dep = _one("Deployment", "mlflow")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= (
+        dep["spec"]["template"]["metadata"]["labels"].items()
+    )
+    (rule,) = policy["spec"]["ingress"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert [p["port"] for p in rule["ports"]] == [c["ports"][0]["containerPort"]]
+    runs_namespace = _kustomization(RUNS)["namespace"]
+    namespaces = []
+    for peer in rule["from"]:
+        assert peer["podSelector"] == {"matchLabels": {key: value}}, peer
+        assert "ipBlock" not in peer
+        if "namespaceSelector" in peer:
+            namespaces.append(peer["namespaceSelector"]["matchLabels"])
+    assert namespaces == [{"kubernetes.io/metadata.name": runs_namespace}]
 
 
 def test_mlflow_image_matches_locked_mlflow() -> None:
@@ -653,9 +716,27 @@ def _get(url: str, host: str) -> int:
         return int(exc.code)
 
 
+ADMIN = ("admin", "test-admin-password-0123")
+
+
+def _get_as(url: str, host: str, login: tuple[str, str] | None = ADMIN) -> int:
+    import base64
+
+    headers = {"Host": host}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 @pytest.fixture
 def mlflow_server_as_deployed(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """`mlflow server` with the Deployment's own args, on loopback, over a sqlite store."""
+    """`mlflow server` with the Deployment's own args (basic auth included), on loopback, over
+    sqlite stores, with the Deployment's literal environment and test secrets for the rest."""
     (c,) = _one("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
     args = [str(a) for a in [*c["command"], *c["args"]]]
     port = _free_port()
@@ -664,8 +745,18 @@ def mlflow_server_as_deployed(tmp_path: Path) -> Iterator[tuple[str, str]]:
     args[0] = str(ROOT / ".venv" / "bin" / "mlflow")
     if not Path(args[0]).exists():
         args[0] = shutil.which("mlflow") or pytest.skip("mlflow CLI not found")
+    auth_ini = tmp_path / "basic_auth.ini"
+    auth_ini.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/auth.db\n"
+    )
+    literal = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))},
+        **literal,
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-flask-key",
         "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db",
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
@@ -708,13 +799,16 @@ def mlflow_server_as_deployed(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def test_mlflow_server_accepts_the_deployment_args(
     mlflow_server_as_deployed: tuple[str, str],
 ) -> None:
-    """The real CLI takes the Deployment's args and serves the ConfigMap's Host header."""
+    """The real CLI takes the Deployment's args and serves the ConfigMap's Host header, to the
+    admin the Secret's keys create and to nobody without them."""
     base, service_host = mlflow_server_as_deployed
     search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
     assert _get(f"{base}/health", service_host) == 200
-    assert _get(search, service_host) == 200
-    assert _get(search, "localhost:5000") == 200
-    assert _get(search, "attacker.example:5000") == 403
+    assert _get_as(search, service_host) == 200
+    assert _get_as(search, "localhost:5000") == 200
+    assert _get_as(search, "attacker.example:5000") == 403
+    assert _get_as(search, service_host, login=None) == 401
+    assert _get_as(search, service_host, login=(ADMIN[0], "wrong-password-0123")) == 401
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,7 +63,10 @@ def _version() -> str:
 
 def _show_version(value: bool) -> None:
     if value:
-        print(f"cxrflow {_version()}")
+        # The component image bakes its commit in (CXRFLOW_GIT_COMMIT); a tag alone can move.
+        commit = os.environ.get("CXRFLOW_GIT_COMMIT", "").strip()
+        known = commit and commit != "unknown"
+        print(f"cxrflow {_version()}" + (f" ({commit})" if known else ""))
         raise typer.Exit()
 
 

@@ -1,6 +1,6 @@
 """How the compiled pipeline runs on Kubernetes: resource quantities (parsed without the
-kubernetes client), requests and limits per kind of step, retry policies and the checkpoint
-volume, gathered in :class:`ClusterParams` (the ``cluster`` section of params.yaml).
+kubernetes client), requests and limits per kind of step, retry policies, timeouts and the
+checkpoint volume, gathered in :class:`ClusterParams` (the ``cluster`` section of params.yaml).
 """
 
 from __future__ import annotations
@@ -141,6 +141,34 @@ class ClusterResources(_Section):
     """register, finalize (MLflow bookkeeping only)."""
 
 
+Seconds = Annotated[StrictInt, Field(ge=60, le=604_800)]
+"""A task timeout: at least a minute, at most a week."""
+
+
+class ClusterTimeouts(_Section):
+    """The longest one pod of a task may run, per kind of step, in seconds (the pod's
+    ``activeDeadlineSeconds``): a hung step (a stalled S3 read, a deadlocked data loader) fails
+    instead of holding its node, and its GPU, until someone looks. Each retry is a new pod with
+    a new deadline; ``retry.*.backoff_max_seconds`` bounds the attempts together."""
+
+    data: Seconds = 7_200
+    """ingest, validate, split: decoding and hashing every image of the paper's data."""
+    train: Seconds = 172_800
+    """The model steps: the paper's longest fine-tuning, with room (the longest timeout)."""
+    evaluate: Seconds = 14_400
+    """evaluate, audit: inference over the test splits, bootstrap, Grad-CAM."""
+    record: Seconds = 3_600
+    """register, finalize: MLflow bookkeeping."""
+
+    @model_validator(mode="after")
+    def _train_longest(self) -> ClusterTimeouts:
+        # a model step does everything a data or evaluate step does and trains on top of it
+        for kind in ("data", "evaluate", "record"):
+            if getattr(self, kind) > self.train:
+                raise ValueError(f"{kind} ({getattr(self, kind)} s) exceeds train ({self.train} s)")
+        return self
+
+
 class CheckpointVolume(_Section):
     """The PersistentVolumeClaim mounted on the model steps for their per-epoch checkpoints
     (``<mount_path>/<pipeline run id>/<model key>``), so that a retried pod on another node
@@ -159,7 +187,8 @@ class CheckpointVolume(_Section):
 
 
 class ClusterParams(_Section):
-    """How the compiled pipeline runs on Kubernetes: retries, resources, the checkpoint volume.
+    """How the compiled pipeline runs on Kubernetes: retries, resources, timeouts, the checkpoint
+    volume.
 
     Compiled into the pipeline (``cxrflow pipeline compile``), like the images: a submit-time
     override does not change them. ``kfp.local``, the CLI and DVC ignore this section.
@@ -167,4 +196,5 @@ class ClusterParams(_Section):
 
     retry: ClusterRetries = Field(default_factory=ClusterRetries)
     resources: ClusterResources = Field(default_factory=ClusterResources)
+    timeouts: ClusterTimeouts = Field(default_factory=ClusterTimeouts)
     checkpoints: CheckpointVolume = Field(default_factory=CheckpointVolume)

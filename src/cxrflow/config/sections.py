@@ -203,12 +203,29 @@ class TrainParams(_Section):
     step retried on another node resumes; null = inside the step's own output."""
 
 
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+"""A sha256 digest as ``sha256sum`` prints it (either case accepted, stored lower-case)."""
+
+
 class ModelSpec(_Section):
     """One model: which dataset, which architecture, how it starts.
 
     ``init`` is ``scratch`` (random), ``imagenet`` (weights from ``weights_path``) or the key of
     another model to transfer from (its trained weights; same architecture). What each
     architecture allows is its own rule (:mod:`cxrflow.models`).
+
+    ``weights_path`` (read with ``init: imagenet`` only) is one of:
+
+    - a local path, e.g. ``weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``
+      (``dvc add`` it): read in place, so only runs on this machine can use it;
+    - ``s3://<bucket>/<key>``: an S3 object (endpoint and credentials from the environment);
+    - ``dvc://<path>``: a file tracked in the DVC data registry ``data.registry``, read at
+      ``data.version``.
+
+    The training step fetches a remote file into a temporary folder and checks it against
+    ``weights_sha256`` before it decodes any image (:mod:`cxrflow.weights`); ``pipeline
+    submit`` and ``pipeline schedule create`` refuse a null or local path, which no pod can
+    read, unless ``allow_random_init`` (with a null path).
     """
 
     dataset: StrictStr
@@ -216,9 +233,39 @@ class ModelSpec(_Section):
     init: StrictStr = INIT_SCRATCH
     unfreeze_last: Annotated[StrictInt, Field(ge=0)] | None = None
     weights_path: StrictStr | None = None
+    weights_sha256: StrictStr | None = None
+    """The weights file's sha256 (64 hex digits, as ``sha256sum`` prints it): required when
+    ``weights_path`` is remote, checked before training whenever set."""
     allow_random_init: StrictBool = False
     """With ``init: imagenet`` and no ``weights_path``: train from random weights anyway (demo,
     smoke). Off by default, so a paper run never silently skips the ImageNet weights."""
+
+    @field_validator("weights_path")
+    @classmethod
+    def _weights_location(cls, value: str | None) -> str | None:
+        if value:
+            from cxrflow.weights import weights_scheme
+
+            weights_scheme(value)  # a malformed URI or another scheme is an error here
+        return value
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.fullmatch(value):
+            raise ValueError(f"a sha256 is 64 hex digits (sha256sum <file>), got {value!r}")
+        return None if value is None else value.lower()
+
+    @model_validator(mode="after")
+    def _remote_is_pinned(self) -> ModelSpec:
+        from cxrflow.weights import is_remote
+
+        if is_remote(self.weights_path) and self.weights_sha256 is None:
+            raise ValueError(
+                f"weights_path {self.weights_path} is remote: set weights_sha256 too (sha256sum "
+                "of the file), so that a pod trains from exactly that file"
+            )
+        return self
 
     @property
     def init_kind(self) -> str:

@@ -117,11 +117,13 @@ class Architecture(abc.ABC):
         url = f" from {self.imagenet_weights_url}" if self.imagenet_weights_url else ""
         raise ValueError(
             f"models.{key}: init=imagenet ({self.name}) but models.{key}.weights_path is not set, "
-            "and weights are never downloaded during training. Provide the file once: download "
-            f"Keras' {file}{url}, track it with `dvc add <path>/{file}` (commit the .dvc file), "
-            f"and set models.{key}.weights_path: <path>/{file}. For a demo without pretrained "
-            f"weights set models.{key}.allow_random_init: true instead (the result is NOT the "
-            "paper's pretrained model)."
+            "and Keras' weights are never downloaded during training. Provide the file once: "
+            f"download Keras' {file}{url}, track it with `dvc add <path>/{file}` (commit the .dvc "
+            f"file), and set models.{key}.weights_path: <path>/{file} (for a cluster: an "
+            f"s3://<bucket>/<key> or dvc://<path in data.registry> copy, with "
+            f"models.{key}.weights_sha256). For a demo without pretrained weights set "
+            f"models.{key}.allow_random_init: true instead (the result is NOT the paper's "
+            "pretrained model)."
         )
 
     def gradcam_layer(self, model: Any) -> str:

@@ -24,10 +24,12 @@ def write_start_point(params: Params, kind: str, out_dir: str | Path) -> dict[st
     DVC's model stages depend on ``models/<init>``: a transfer on the model it starts from, the
     others on this description. For ``imagenet`` it records each configured weights file with
     its sha256, so replacing a weights file (a DVC-tracked artifact) reruns the models that
-    load it; for ``scratch`` the training seed.
+    load it (a remote one, ``s3://`` or ``dvc://``, by its pinned ``weights_sha256``); for
+    ``scratch`` the training seed.
     """
     from cxrflow.config import INIT_IMAGENET, INIT_SCRATCH
     from cxrflow.data.manifest import file_sha256
+    from cxrflow.weights import is_remote
 
     if kind not in (INIT_SCRATCH, INIT_IMAGENET):
         raise ValueError(f"a start point is {INIT_SCRATCH} or {INIT_IMAGENET}, got {kind!r}")
@@ -39,6 +41,9 @@ def write_start_point(params: Params, kind: str, out_dir: str | Path) -> dict[st
         weights: dict[str, Any] = {}
         for key, spec in sorted(users.items()):
             path = spec.weights_path
+            if is_remote(path):  # not fetched here: its pinned digest is its content
+                weights[key] = {"path": path, "sha256": spec.weights_sha256}
+                continue
             if path and not Path(path).is_file():
                 raise FileNotFoundError(
                     f"models.{key}.weights_path: {path} does not exist (download the no-top "

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from cxrflow.steps.spec import BASE_MODEL, Port, StepSpec
 
 if TYPE_CHECKING:
     from cxrflow.config import ModelSpec, Params
+    from cxrflow.weights import Weights
 
 
 log = logging.getLogger(__name__)
@@ -81,12 +83,11 @@ def _run_tags(params: Params, prov: Provenance, spec: ModelSpec) -> dict[str, st
     }
 
 
-def _weights_tags(model_key: str, spec: ModelSpec) -> dict[str, str]:
-    """What the run must say about its pretrained weights (or their absence)."""
-    if spec.weights_path:
-        from cxrflow.data.manifest import file_sha256
-
-        return {names.TAG_PRETRAINED_SHA256: file_sha256(spec.weights_path)}
+def _weights_tags(model_key: str, spec: ModelSpec, weights: Weights | None) -> dict[str, str]:
+    """What the run must say about its pretrained weights (the file it loaded, checked by
+    :func:`cxrflow.weights.fetched_weights`) or their absence."""
+    if weights is not None:
+        return {names.TAG_PRETRAINED_SHA256: weights.sha256}
     if spec.init_kind == "imagenet":
         return {
             names.TAG_WARNING: f"{spec.architecture} trained WITHOUT ImageNet weights "
@@ -149,13 +150,20 @@ def _start_run(ctx: StepContext, model_key: str, spec: ModelSpec) -> Any:
     )
 
 
-def _log_inputs(ctx: StepContext, run_id: str, spec: ModelSpec, table: Any, data: Any) -> None:
+def _log_inputs(
+    ctx: StepContext,
+    run_id: str,
+    spec: ModelSpec,
+    weights: Weights | None,
+    table: Any,
+    data: Any,
+) -> None:
     """What the run starts from: its weights (or their absence) and its training data."""
     from cxrflow.config import DATASETS
 
-    weights = _weights_tags(ctx.step, spec)
-    if weights:
-        ctx.tracking.set_tags(run_id, weights)
+    tags = _weights_tags(ctx.step, spec, weights)
+    if tags:
+        ctx.tracking.set_tags(run_id, tags)
     ctx.tracking.log_dataset(
         run_id,
         f"{spec.dataset}/train+val",
@@ -188,14 +196,27 @@ def run_train(
     pipeline run left, in the same nested MLflow run. The train and val images are decoded
     once into a temporary file (``$TMPDIR``, 50 KB an image at 224 px, removed at the end)
     and streamed from it a batch at a time, so memory does not grow with the dataset.
+
+    First of all the pretrained weights file (``models.<model_key>.weights_path``: local,
+    ``s3://`` or ``dvc://``) is fetched into a temporary folder and checked against
+    ``weights_sha256`` (:func:`cxrflow.weights.fetched_weights`), so that missing or wrong
+    weights fail in seconds, before the heavy imports and before any image is decoded.
     """
-    with step_frame(model_key, params, dataset_dir=dataset, pipeline_run_id=pipeline_run_id) as ctx:
+    with (
+        step_frame(model_key, params, dataset_dir=dataset, pipeline_run_id=pipeline_run_id) as ctx,
+        ExitStack() as stack,
+    ):
+        from cxrflow.config import check_model_key
+        from cxrflow.weights import fetched_weights
+
+        spec = check_model_key(params, model_key)
+        with ctx.phase("model_io"):
+            weights = stack.enter_context(fetched_weights(spec, params.data, model_key))
         with ctx.phase("imports"):
-            from cxrflow.config import DATASETS, check_model_key
+            from cxrflow.config import DATASETS
             from cxrflow.data.split import read_split_table
             from cxrflow.datasets import write_split_cache
             from cxrflow.train import train_model
-        spec = check_model_key(params, model_key)
         classes, size, out = DATASETS[spec.dataset], params.train.image_size, Path(model)
         out.mkdir(parents=True, exist_ok=True)
         table = read_split_table(splits, spec.dataset)
@@ -208,7 +229,7 @@ def run_train(
             log.info("%s: %d train / %d val images", model_key, len(data[0]), len(data[2]))
             base = _load_base(ctx, model_key, spec, base_model)
             with _start_run(ctx, model_key, spec) as run_id:
-                _log_inputs(ctx, run_id, spec, table, data)
+                _log_inputs(ctx, run_id, spec, weights, table, data)
                 t0 = time.perf_counter()
                 ckpt = checkpoint_dir(params, ctx.run_key, model_key, out, checkpoint_volume)
                 with ctx.phase("compute"):
@@ -222,6 +243,7 @@ def run_train(
                         verbose,
                         checkpoint_dir=ckpt,
                         model_key=model_key,
+                        weights_file=None if weights is None else weights.path,
                     )
                 train_s = time.perf_counter() - t0
                 model_uri = _save_model(ctx, run_id, out, spec, result, train_s, data)
