@@ -55,7 +55,9 @@ free_port, load_stack = _stack_support().free_port, _stack_support().load_stack
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.s3]
 
 GIT_WARNINGS = re.compile(r"Failed to import Git|git executable", re.IGNORECASE)
-STEP_LINE = re.compile(r"^(?P<status>ok|FAILED|stopped)\s+(?P<step>\w+)\s+(?P<seconds>[\d.]+)s")
+STEP_LINE = re.compile(
+    r"^(?P<status>ok|FAILED|stopped)\s+(?P<step>\w+)\s+(?P<duration>(\d+m)?[\d.]+s)"
+)  # 9.4s or, past a minute, 1m05s (the runner's format)
 SKIP_DIRS = {".venv", ".git", "node_modules", ".mypy_cache", ".ruff_cache"}
 RUN_TIMEOUT_S = 1500
 
