@@ -287,6 +287,26 @@ def write_record(variant: str, entry: dict[str, Any], path: Path = RECORD) -> No
     tmp.replace(path)
 
 
+def stamp_commit(image_id: str, tags: list[str], commit: str) -> None:
+    """Bake the commit into the image in a last step whose text holds the commit itself.
+
+    buildah's layer cache keys an ``ENV``/``LABEL`` by its text before the build args are
+    expanded, so the same tree built at a new commit reused the old commit's layer and
+    ``cxrflow --version`` named the old commit (a clean-clone run caught it).
+    """
+    with tempfile.TemporaryDirectory(prefix="cxrflow-stamp-") as tmp:
+        containerfile = Path(tmp) / "Containerfile"
+        containerfile.write_text(
+            f"FROM {image_id}\n"
+            f'LABEL org.opencontainers.image.revision="{commit}"\n'
+            f"ENV CXRFLOW_GIT_COMMIT={commit}\n"
+        )
+        cmd = ["podman", "build", "--format", "docker", "--layers", "--file", str(containerfile)]
+        for tag in tags:
+            cmd += ["--tag", tag]
+        run([*cmd, tmp])
+
+
 def build(variant: str, rebuild_base: bool) -> dict[str, Any]:
     """Everything above, in order; returns the record entry."""
     started = time.monotonic()
@@ -299,6 +319,7 @@ def build(variant: str, rebuild_base: bool) -> dict[str, Any]:
     say(f"building {', '.join(tags)} ({variant}) on {bases[0]}")
     build_started = time.monotonic()
     run(build_command(tags, variant, commit, bases))
+    stamp_commit(inspect_image(tags[0])["id"], tags, commit)
     built = inspect_image(tags[0])
     entry = {
         "repository": REPO,
