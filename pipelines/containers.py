@@ -89,6 +89,7 @@ def pod_env_keys() -> tuple[str, ...]:
         pipeline.MLFLOW_AUTH_ENV,
         pipeline.SECRET_ENV,
         pipeline.ALERT_ENV,
+        pipeline.PATIENT_SALT_ENV,
         pipeline.CONFIG_MAP_ENV,
     ):
         keys += [k for k in mapping if k not in keys]

@@ -75,6 +75,9 @@ MLFLOW_AUTH_ENV = {
     "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
 }
 """MLflow basic-auth credentials of every task (required: the server refuses anonymous calls)."""
+PATIENT_SALT_ENV = {"CXRFLOW_PATIENT_SALT": "CXRFLOW_PATIENT_SALT"}
+"""The site's salt for hashing DICOM patient ids (:mod:`cxrflow.data.dicom`), for the data steps
+only (optional key: absent, a public default salt is used and ingest warns)."""
 ALERT_ENV = {"CXRFLOW_ALERT_WEBHOOK_URL": "CXRFLOW_ALERT_WEBHOOK_URL"}
 """The failure webhook of the exit handler (optional key: absent, no alert is posted)."""
 MLFLOW_CLIENT_LABEL = ("cxrflow.io/mlflow-client", "true")
@@ -184,6 +187,8 @@ def _cluster_env(task: dsl.PipelineTask, spec: StepSpec) -> None:
     kubernetes.use_secret_as_env(task, SECRET_NAME, MLFLOW_AUTH_ENV, optional=False)
     if spec.exit_handler:
         kubernetes.use_secret_as_env(task, SECRET_NAME, ALERT_ENV, optional=True)
+    if spec.kind == "data":
+        kubernetes.use_secret_as_env(task, SECRET_NAME, PATIENT_SALT_ENV, optional=True)
     kubernetes.use_config_map_as_env(task, CONFIG_MAP_NAME, CONFIG_MAP_ENV, optional=False)
     kubernetes.add_pod_label(task, *MLFLOW_CLIENT_LABEL)
 

@@ -4,7 +4,8 @@
 differs from what the registry gives. Each step with ``dvc`` is a stage named after it that
 runs its CLI command on the resolved params, depends on its inputs' directories (and the
 outputs of the steps it must follow), lists exactly the params sections it reads, and outputs
-its directories. The model steps are one ``train@<key>`` stage per entry of params.yaml's
+its directories; a step's ``dvc_deps`` add the data its params choose (ingest's source
+roots). The model steps are one ``train@<key>`` stage per entry of params.yaml's
 ``models:`` (``foreach``); DVC-only stages: ``params`` (resolves the profile) and
 ``start@scratch|imagenet`` (what a model trained from scratch or ImageNet depends on).
 """
@@ -12,6 +13,7 @@ its directories. The model steps are one ``train@<key>`` stage per entry of para
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,11 @@ HEADER = """\
 # models/imagenet: the seed, the ImageNet weights' sha256).
 # (A model added only inside a profile is trained by the KFP pipeline but not listed here:
 # DVC reads `models:` from params.yaml's top level.)
+# Data: `ingest` depends on each root of params.yaml's `data.sources` (with a local
+# `data.registry`, on each root's .dvc file there), so that after `cxrflow data rollback v1` (or
+# `git checkout v1 -- <root>.dvc && dvc checkout`) `dvc repro` reruns from ingest. After adding
+# a source or a root to params.yaml, run the generator again. Phantom data (no sources) and a
+# remote registry are pinned by params alone (data.synth, data.version).
 """
 
 
@@ -69,8 +76,9 @@ def _option(name: str) -> str:
     raise KeyError(name)
 
 
-def _stage(spec: StepSpec, paths: dict[str, str]) -> dict[str, Any]:
-    deps: list[str] = []
+def _stage(spec: StepSpec, paths: dict[str, str], params_yaml: Mapping[str, Any]) -> dict[str, Any]:
+    # data the params choose first (what ingest reads), then the inputs and the gates
+    deps: list[str] = list(spec.dvc_deps(params_yaml)) if spec.dvc_deps else []
     for name in spec.inputs:
         if name in MODEL_INPUTS:
             deps.append(MODELS_DIR)
@@ -90,8 +98,9 @@ def _stage(spec: StepSpec, paths: dict[str, str]) -> dict[str, Any]:
     return stage
 
 
-def dvc_stages(params_keys: list[str]) -> dict[str, Any]:
-    """The ``stages:`` of dvc.yaml (``params_keys``: params.yaml's top-level keys)."""
+def dvc_stages(params_yaml: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``stages:`` of dvc.yaml (``params_yaml``: params.yaml's top level, as loaded)."""
+    params_keys = list(params_yaml)
     paths = _outputs_by_name()
     stages: dict[str, Any] = {
         "params": {
@@ -112,16 +121,16 @@ def dvc_stages(params_keys: list[str]) -> dict[str, Any]:
                     "outs": ["models/${item}"],
                 },
             }
-            stages[spec.name] = {"foreach": "${models}", "do": _stage(spec, paths)}
+            stages[spec.name] = {"foreach": "${models}", "do": _stage(spec, paths, params_yaml)}
         else:
-            stages[spec.name] = _stage(spec, paths)
+            stages[spec.name] = _stage(spec, paths, params_yaml)
     return stages
 
 
 def render(params_yaml: Path) -> str:
     """dvc.yaml's text for the params file ``params_yaml``."""
-    keys = list(yaml.safe_load(params_yaml.read_text()))
-    body = yaml.safe_dump({"stages": dvc_stages(keys)}, sort_keys=False, width=100)
+    raw = yaml.safe_load(params_yaml.read_text())
+    body = yaml.safe_dump({"stages": dvc_stages(raw)}, sort_keys=False, width=100)
     return HEADER + body
 
 

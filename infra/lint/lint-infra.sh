@@ -84,10 +84,26 @@ else
 fi
 
 # --- kubernetes-validate ------------------------------------------------------------------------
-objects="$(cat "${rendered[@]}" | grep -c '^kind:' || true)"
+# Only Kubernetes' own kinds: kubernetes-validate has schemas for those alone and fails on a
+# custom resource ("no schema"). KServe's InferenceService (infra/k8s/serving, apiVersion
+# serving.kserve.io/) is skipped here. checkov below gets it too, but has no check for that kind
+# (it reports none for it), so yamllint is the linter that reads it; its predictor pod spec is
+# written to PodSecurity "restricted" by hand (see the manifest's header).
+validated=()
+crd_objects=0
+for file in "${rendered[@]}"; do
+  if grep -q '^apiVersion: serving\.kserve\.io/' "$file"; then
+    crd_objects=$((crd_objects + $(grep -c '^kind:' "$file")))
+  else
+    validated+=("$file")
+  fi
+done
+objects="$(cat "${validated[@]}" | grep -c '^kind:' || true)"
+skipped_note=""
+((crd_objects)) && skipped_note="; $crd_objects KServe objects skipped (no schema)"
 if tool "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" kubernetes-validate --strict \
-  --kubernetes-version "$KUBERNETES_VERSION" --quiet "${rendered[@]}" >"$out/kubernetes-validate.txt" 2>&1; then
-  note "kubernetes-validate" "ok    $objects objects valid for Kubernetes $KUBERNETES_VERSION (--strict)"
+  --kubernetes-version "$KUBERNETES_VERSION" --quiet "${validated[@]}" >"$out/kubernetes-validate.txt" 2>&1; then
+  note "kubernetes-validate" "ok    $objects objects valid for Kubernetes $KUBERNETES_VERSION (--strict)$skipped_note"
 else
   cat "$out/kubernetes-validate.txt"
   errors="$(grep -c -E '^(ERROR|WARN)' "$out/kubernetes-validate.txt" || true)"

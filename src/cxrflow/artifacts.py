@@ -170,3 +170,5 @@ class Registration(_FileMixin, _Strict):
     audit: dict[str, dict[str, Any]] = {}
     run_id: str = ""
     dataset: str = ""
+    comparison: dict[str, Any] = {}
+    """The registered candidate against the champion on the same test images (empty: none)."""

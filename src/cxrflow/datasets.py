@@ -38,7 +38,8 @@ def preprocess_image(
     """Load one image as a ``(image_size, image_size, 1)`` uint8 array.
 
     Args:
-        path: Image file (any format Pillow reads).
+        path: Image file (any format Pillow reads, or DICOM: decoded by
+            :func:`cxrflow.data.dicom.read_dicom`, as ingest does).
         image_size: Output side in pixels.
         max_pixels: Refuse images of more than this many pixels before decoding them (the
             ingest limit, ``ingest.max_pixels``), for files that did not come through ingest;
@@ -50,8 +51,11 @@ def preprocess_image(
     """
     from PIL import Image, ImageOps
 
+    from cxrflow.data.dicom import is_dicom
     from cxrflow.data.images import pixel_limit, to_storable
 
+    if is_dicom(path):
+        return _preprocess_dicom(path, image_size, max_pixels)
     limit = pixel_limit(max_pixels) if max_pixels is not None else contextlib.nullcontext()
     try:
         # Image.open reads only the header and, under pixel_limit, refuses an image over
@@ -65,6 +69,21 @@ def preprocess_image(
         raise ValueError(f"{path}: image too large for max_pixels {max_pixels}: {exc}") from exc
     except Exception as exc:
         raise ValueError(f"{path}: cannot decode image: {exc}") from exc
+
+
+def _preprocess_dicom(path: str | Path, image_size: int, max_pixels: int | None) -> np.ndarray:
+    """:func:`preprocess_image` of a DICOM file: its display pixels, resized the same way."""
+    from PIL import Image
+
+    from cxrflow.data.dicom import read_dicom
+    from cxrflow.data.images import ImageRejected
+
+    try:
+        pixels, _ = read_dicom(path, max_pixels)
+    except ImageRejected as exc:
+        raise ValueError(f"{path}: cannot decode DICOM: {exc}") from exc
+    im = Image.fromarray(pixels).resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)[..., None]
 
 
 def default_decode_workers() -> int:

@@ -89,3 +89,29 @@ def confound_tag(name: str) -> str:
 def dvc_md5_tag(path: str) -> str:
     """``cxrflow.data.dvc_md5.<path>``: the DVC hash of one tracked data path."""
     return TAG_DATA_DVC_MD5_PREFIX + path
+
+
+# ------------------------------------------------------- promotion against the champion
+TAG_PROMOTION_METRIC: Final = "cxrflow.promotion.metric"
+TAG_PROMOTION_CHAMPION_VERSION: Final = "cxrflow.promotion.champion_version"
+"""The champion version a candidate was compared with on the same test images."""
+TAG_PROMOTION_DIFFERENCE: Final = "cxrflow.promotion.difference"
+"""Candidate minus champion on the promotion metric, on the same test images."""
+TAG_PROMOTION_CI_LOW: Final = "cxrflow.promotion.difference_ci_low"
+TAG_PROMOTION_CI_HIGH: Final = "cxrflow.promotion.difference_ci_high"
+TAG_PROMOTION_MCNEMAR_P: Final = "cxrflow.promotion.mcnemar_p"
+TAG_AUDIT_OVERRIDE: Final = "cxrflow.audit.override"
+"""Set on a version made eligible although not audited (or promoted although it failed)."""
+TAG_PROMOTED_BY: Final = "cxrflow.promotion.by"
+TAG_ALIAS_MOVE_PREFIX: Final = "cxrflow.alias_move."
+"""Registered-model tags ``cxrflow.alias_move.<ms>-<alias>``: one JSON record per alias move."""
+
+
+def alias_move_tag(millis: int, alias: str) -> str:
+    """``cxrflow.alias_move.<ms>-<alias>``: one alias move (sortable by time)."""
+    return f"{TAG_ALIAS_MOVE_PREFIX}{millis:015d}-{alias}"
+
+
+# ------------------------------------------------------------------- served models
+TAG_EXPORT_SOURCE_MODEL: Final = "cxrflow.export.source_model"
+"""On an int8 ONNX version: the registered Keras version it was exported from (``name/version``)."""

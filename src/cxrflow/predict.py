@@ -4,6 +4,8 @@ Applies exactly the training preprocessing (:func:`cxrflow.datasets.preprocess_i
 rest (channel replication, scaling) lives inside the model. The model is the registered Keras
 model or an exported ONNX one (:class:`cxrflow.export.OnnxClassifier`, fp32 or int8): both take
 the same input and give the same output, so the output format is the same whichever is served.
+DICOM files (``.dcm``) are read by :func:`cxrflow.data.dicom.read_dicom`, as ingest reads them;
+a prediction names the file and nothing from its header.
 A directory argument stands for every image file below it. An unreadable, missing or oversized
 file gets its own error and the other files are still predicted.
 """
@@ -11,7 +13,7 @@ file gets its own error and the other files are still predicted.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,17 @@ class Prediction:
     error: str | None = None
 
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".dcm",
+    ".dicom",
+)
 """Extensions (lower case) of the files taken from a directory argument."""
 
 
@@ -58,7 +70,8 @@ def load_predictor(
     from cxrflow import tracking
 
     uri = model_uri or default_uri
-    model, meta = tracking.load_model(uri)
+    # the registered int8 export (models:/<name>-int8@<alias>) is served by ONNX Runtime
+    model, meta = tracking.load_model(uri, allow_onnx=True)
     classes, size = meta.get("classes"), meta.get("image_size")
     if not classes or not size:
         raise ValueError(f"{uri}: model has no cxrflow metadata (classes, image_size)")
@@ -161,8 +174,50 @@ def predict_paths(
 
 
 def format_errors(preds: Sequence[Prediction]) -> list[str]:
-    """One line per failed prediction (each names its file), for stderr."""
-    return [f"error: {p.error}" for p in preds if p.error]
+    """One ``cxrflow: error: ...`` line per failed prediction (each names its file), for
+    stderr."""
+    return [f"cxrflow: error: {p.error}" for p in preds if p.error]
+
+
+def explain_missing_champion(
+    name: str, alias: str, challenger_alias: str, command: Callable[[str], str]
+) -> str | None:
+    """Why ``models:/<name>@<alias>`` names no model, and the command that uses the challenger.
+
+    After ``make run`` on the phantom data no candidate passes the shortcut audit (the phantom
+    keeps a children-vs-adults shortcut on purpose), so there is a challenger and no champion.
+
+    Args:
+        name: The registered model (``register.model_name``).
+        alias: The alias asked for (``register.alias``, the champion).
+        challenger_alias: ``register.challenger_alias``.
+        command: The command the user typed, given the challenger's model URI.
+
+    Returns:
+        One sentence naming the reason recorded on the challenger's version and the command,
+        or None when the registry does not explain it (no tracking store, no such registered
+        model, the alias exists, or no challenger either).
+    """
+    from cxrflow import names, tracking
+
+    if not tracking.tracking_store_exists():
+        return None
+    model = tracking.registered_model(name)
+    if model is None or alias in model["aliases"]:
+        return None
+    version = model["aliases"].get(challenger_alias)
+    if version is None:
+        return None
+    tags = (tracking.model_version(name, version) or {}).get("tags", {})
+    reason = tags.get(names.TAG_PROMOTION_REASON) or "it was not promoted"
+    phantom = str(tags.get(names.TAG_DATA_VERSION, "")).startswith("phantom")
+    why = " (the phantom data keeps a shortcut on purpose: no model should pass)" if phantom else ""
+    uri = f"models:/{name}@{challenger_alias}"
+    return (
+        f"models:/{name}@{alias}: there is no {alias}: {reason}{why}. To use the latest "
+        f"{challenger_alias} (version {version}, {tags.get(names.TAG_MODEL_KEY, '?')}) anyway: "
+        f"{command(uri)}"
+    )
 
 
 def _default_max_pixels() -> int:

@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""MLflow 3's experiment type; unset, the UI may open the experiment as a GenAI one (traces)."""
+EXPERIMENT_KIND = "custom_model_development"
+"""The value the MLflow 3 UI shows as "Machine learning" (``genai_development``: GenAI)."""
+SOURCE_NAME_TAG = "mlflow.source.name"
+SOURCE_TYPE_TAG = "mlflow.source.type"
+SOURCE_GIT_COMMIT_TAG = "mlflow.source.git.commit"
+"""MLflow's own source tags: what fills the Source column of the runs page."""
+
 
 def tracking_uri() -> str:
     """The tracking URI: ``MLFLOW_TRACKING_URI`` or the local sqlite default (made absolute)."""
@@ -61,7 +70,9 @@ def configure(experiment_name: str) -> str:
     if exp is None:
         try:
             exp_id = mlflow.create_experiment(
-                experiment_name, artifact_location=_artifact_root(uri)
+                experiment_name,
+                artifact_location=_artifact_root(uri),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except Exception:  # created concurrently by a parallel step
             exp = mlflow.get_experiment_by_name(experiment_name)
@@ -70,8 +81,40 @@ def configure(experiment_name: str) -> str:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older cxrflow, or by hand
+            mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return str(exp_id)
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags for a new run: the command, where it ran, the git commit.
+
+    The runs page's Source column shows them (runs created through the client get none from
+    MLflow). The name is the ``cxrflow`` command and its subcommands (``cxrflow ingest``);
+    the type ``JOB`` in a Kubeflow pod, else ``LOCAL``; the commit is :func:`git_commit`'s,
+    without its ``-dirty`` mark (``cxrflow.git_commit`` keeps it), and absent when unknown.
+    """
+    import sys
+
+    words = ["cxrflow"]
+    if sys.argv and Path(sys.argv[0]).name == "cxrflow":
+        args = iter(sys.argv[1:])
+        for word in args:  # the subcommands: after the global options, before the others
+            if word in ("--params", "--profile", "--set"):
+                next(args, None)
+            elif (word.startswith("-") and len(words) > 1) or "/" in word or len(words) == 3:
+                break
+            elif not word.startswith("-"):
+                words.append(word)
+    tags = {
+        SOURCE_NAME_TAG: " ".join(words),
+        SOURCE_TYPE_TAG: "JOB" if os.environ.get("KFP_POD_NAME") else "LOCAL",
+    }
+    commit = git_commit().removesuffix("-dirty")
+    if commit != "unknown":
+        tags[SOURCE_GIT_COMMIT_TAG] = commit
+    return tags
 
 
 def git_commit() -> str:
@@ -142,7 +185,7 @@ def get_or_create_parent_run(
     run = client.create_run(
         exp_id,
         run_name=f"pipeline-{pipeline_run_id[:40]}",
-        tags={TAG_PIPELINE_RUN: pipeline_run_id, TAG_KIND: "pipeline", **tags},
+        tags={**source_tags(), TAG_PIPELINE_RUN: pipeline_run_id, TAG_KIND: "pipeline", **tags},
     )
     mine = str(run.info.run_id)
     time.sleep(PARENT_SETTLE_SECONDS if settle_seconds is None else settle_seconds)
@@ -230,6 +273,7 @@ def model_run(
     )
     found = _search_one(exp_id, flt)
     all_tags = {
+        **source_tags(),
         TAG_PIPELINE_RUN: pipeline_run_id,
         TAG_MODEL_KEY: model_key,
         TAG_KIND: "model",
@@ -296,31 +340,21 @@ def make_epoch_logger(run_id: str, phase: str, step_offset: int = 0) -> Any:
     return _EpochLogger()
 
 
-def log_keras_model(model: Any, name: str, x_example: Any, metadata: Mapping[str, Any]) -> str:
-    """Log a Keras model in the active run with a signature and pinned requirements.
+def log_keras_model(model: Any, name: str, metadata: Mapping[str, Any]) -> str:
+    """Log a Keras model in the active run as the served image classifier.
 
-    Returns the model URI (``models:/<model_id>``).
+    The logged model is :class:`cxrflow.serving.ImageClassifier`, an MLflow pyfunc taking image
+    files (base64 bytes or paths) and returning class names and probabilities, with the Keras
+    model inside, its signature, an input example and requirements pinned to what this
+    environment installs (``tensorflow-cpu``); the input example is a grey PNG, not a tensor of
+    training images (no patient's picture goes into the model's files).
+
+    Returns:
+        The model URI (``models:/<model_id>``).
     """
-    import keras
-    import numpy as np
-    import tensorflow as tf
-    from mlflow.models import infer_signature
+    from cxrflow import serving
 
-    import mlflow
-
-    preds = model.predict(x_example, verbose=0)
-    signature = infer_signature(np.asarray(x_example, dtype=np.float32), preds)
-    reqs = [
-        f"tensorflow=={tf.__version__}",
-        f"keras=={keras.__version__}",
-        f"mlflow=={mlflow.__version__}",
-        "pillow",
-        "numpy",
-    ]
-    info = mlflow.keras.log_model(
-        model, name=name, signature=signature, pip_requirements=reqs, metadata=dict(metadata)
-    )
-    return str(info.model_uri)
+    return serving.log_keras_classifier(model, name, metadata)
 
 
 def register_model(
@@ -360,12 +394,19 @@ class ModelNotFoundError(LookupError):
     """No model behind a model URI (nothing registered, unknown alias or run)."""
 
 
-def load_model(model_uri: str) -> tuple[Any, dict[str, Any]]:
-    """Load a Keras model and its cxrflow metadata (classes, image size) from a model URI.
+def load_model(model_uri: str, *, allow_onnx: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Load the model behind a model URI and its cxrflow metadata (classes, image size).
+
+    A model logged by :mod:`cxrflow.serving` (the pyfunc image classifier) gives its backend:
+    the Keras model, or with ``allow_onnx`` the :class:`cxrflow.export.OnnxClassifier` of an
+    int8 export (``models:/<name>-int8@<alias>``); both have Keras' ``predict(x, verbose=0)``.
+    A model logged with the Keras flavour (before the pyfunc) loads as Keras.
 
     Raises:
         ModelNotFoundError: Nothing is tracked yet, or the URI names no model; the message says
             what to do. No tracking database is created as a side effect.
+        ValueError: The URI names an ONNX model and ``allow_onnx`` is False (a caller that needs
+            the Keras model, such as ``cxrflow export``).
     """
     uri = tracking_uri()
     if model_uri.startswith(("models:/", "runs:/")) and not tracking_store_exists():
@@ -380,14 +421,24 @@ def load_model(model_uri: str) -> tuple[Any, dict[str, Any]]:
     mlflow.set_tracking_uri(uri)
     try:
         info = mlflow.models.get_model_info(model_uri)
-        model = mlflow.keras.load_model(model_uri)
+        meta = dict(info.metadata or {})
+        if "keras" in (info.flavors or {}):
+            return mlflow.keras.load_model(model_uri), meta
+        if meta.get("backend") == "onnx" and not allow_onnx:
+            raise ValueError(
+                f"{model_uri}: an int8 ONNX model; this needs the Keras model it was exported "
+                "from (the registered model without -int8)"
+            )
+        from cxrflow import serving
+
+        model = serving.load_classifier(model_uri).model
     except MlflowException as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(
             f"{model_uri}: no such model in {uri} ({first}); register one with `make run` "
             "or pass --model-uri"
         ) from None
-    return model, dict(info.metadata or {})
+    return model, meta
 
 
 def find_parent_run(experiment_name: str, pipeline_run_id: str) -> str | None:
@@ -633,3 +684,97 @@ def _record(run: Any) -> dict[str, Any]:
         "metrics": {k: float(v) for k, v in run.data.metrics.items()},
         "params": dict(run.data.params),
     }
+
+
+# ------------------------------------------------------------ registry: people in the loop
+
+
+class RegistryAccessError(PermissionError):
+    """The tracking server refused the credentials of the environment (HTTP 401/403)."""
+
+
+def _refused(exc: BaseException) -> RegistryAccessError | None:
+    """A :class:`RegistryAccessError` for an authentication or permission failure, else None."""
+    text = str(exc)
+    code = str(getattr(exc, "error_code", ""))
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or any(
+        f"error code {n}" in text for n in (401, 403)
+    ):
+        what = "not authenticated" if "401" in text or code == "UNAUTHENTICATED" else "forbidden"
+        return RegistryAccessError(
+            f"{tracking_uri()}: {what}: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account with access to "
+            "the model registry"
+        )
+    return None
+
+
+def registered_model(name: str) -> dict[str, Any] | None:
+    """A registered model (``{"name", "tags", "aliases"}``), or None when there is none.
+
+    ``aliases`` maps each alias to its version. Reads the tracking URI of the environment
+    (``MLFLOW_TRACKING_URI``, with ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or a token for a
+    server with authentication).
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        rm = MlflowClient(tracking_uri=tracking_uri()).get_registered_model(name)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        refused = _refused(exc)
+        if refused is not None:
+            raise refused from None
+        raise
+    return {
+        "name": rm.name,
+        "tags": dict(rm.tags or {}),
+        "aliases": {str(k): int(v) for k, v in (rm.aliases or {}).items()},
+    }
+
+
+def model_version(name: str, version: int | str) -> dict[str, Any] | None:
+    """One version of a registered model (``{"version", "tags", "run_id", "source"}``), or None."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        mv = MlflowClient(tracking_uri=tracking_uri()).get_model_version(name, str(version))
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        refused = _refused(exc)
+        if refused is not None:
+            raise refused from None
+        raise
+    return {
+        "version": int(mv.version),
+        "tags": dict(mv.tags or {}),
+        "run_id": mv.run_id,
+        "source": mv.source,
+    }
+
+
+def set_model_alias(name: str, alias: str, version: int | str) -> None:
+    """Point ``alias`` of a registered model at ``version``."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri()).set_registered_model_alias(name, alias, str(version))
+
+
+def set_model_version_tags(name: str, version: int | str, tags: Mapping[str, Any]) -> None:
+    """Set tags on one version of a registered model."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), k, str(v))
+
+
+def set_registered_model_tag(name: str, key: str, value: str) -> None:
+    """Set one tag on a registered model (the alias history is kept this way)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri()).set_registered_model_tag(name, key, value)

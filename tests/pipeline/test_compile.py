@@ -171,7 +171,14 @@ def test_dvc_stages_list_exactly_their_params() -> None:
         "train": {"train", "models.${key}", "tracking"},
         "evaluate": {"evaluate", "models", "tracking"},
         "audit": {"audit", "evaluate", "register.candidates", "tracking"},
-        "register": {"register", "audit.block_promotion", "tracking"},
+        "register": {
+            "register",
+            "audit.block_promotion",
+            "evaluate.bootstrap_samples",
+            "evaluate.confidence",
+            "evaluate.seed",
+            "tracking",
+        },
         "export": {"export", "train.seed", "tracking"},
     }
     for name, stage in stages.items():

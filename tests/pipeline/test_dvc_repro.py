@@ -1,6 +1,6 @@
 """dvc.yaml runs for real: `dvc repro` on the smoke profile, then nothing reruns; a changed
 profile (or a value inside it) makes exactly the affected stages out of date; `dvc exp run -S`
-works."""
+works; a data rollback makes `dvc repro` rerun ingest and give the old manifest back."""
 
 from __future__ import annotations
 
@@ -135,3 +135,80 @@ def test_dvc_exp_run_set_param(project) -> None:
     assert set(re.findall(r"Running stage '([^']+)'", res.stdout)) == {"params"}
     shown = _run([*dvc, "exp", "show", "--json"], work, env).stdout
     assert "acc" in shown
+
+
+def _manifest_hash(work: Path) -> str:
+    return json.loads((work / "data/dataset/provenance.json").read_text())["manifest_hash"]
+
+
+def _ran(res: subprocess.CompletedProcess[str]) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", res.stdout))
+
+
+def test_data_rollback_reruns_ingest_and_gives_v1_back(tmp_path: Path) -> None:
+    """Data tracked by DVC in the project (data.sources roots, registry "."): two versions;
+    after `cxrflow data rollback v1` (and after `git checkout v2 -- *.dvc && dvc checkout`)
+    `dvc repro` reruns ingest and the manifest hash is that version's."""
+    from pipelines.dvc_stages import render
+
+    work = tmp_path / "proj"
+    work.mkdir()
+    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    _edit_params(
+        work,
+        profile="smoke",
+        data__sources={"kermany": ["raw/kermany"], "cohen": ["raw/cohen"]},
+    )
+    (work / "dvc.yaml").write_text(render(work / "params.yaml"))
+    ingest = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]["ingest"]
+    assert ingest["deps"] == ["${data.sources.kermany[0]}", "${data.sources.cohen[0]}"]
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+        "CXRFLOW_ARTIFACT_ROOT": (tmp_path / "mlartifacts").as_uri(),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@localhost",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@localhost",
+    }
+    dvc = [sys.executable, "-m", "dvc"]
+    repro = [*dvc, "repro", "params", "ingest"]
+    _run(["git", "init", "-q"], work, env)
+    _run([*dvc, "init", "-q"], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "project"], work, env)
+    _run(["cxrflow", "data", "synth", "--out", "raw"], work, env)
+
+    # v1: the phantom as generated; v2: a few kermany images fewer
+    _run(["cxrflow", "data", "snapshot", "-m", "v1", "--tag", "v1", "--no-push"], work, env)
+    assert "ingest" in _ran(_run(repro, work, env))
+    v1 = _manifest_hash(work)
+    for image in sorted((work / "raw/kermany").rglob("*.jpeg"))[:3]:
+        image.unlink()
+    _run(["cxrflow", "data", "snapshot", "-m", "v2", "--tag", "v2", "--no-push"], work, env)
+    assert "ingest" in _ran(_run(repro, work, env))
+    v2 = _manifest_hash(work)
+    assert v2 != v1
+    assert _ran(_run(repro, work, env)) == set()  # nothing changed: nothing reruns
+
+    _run(["cxrflow", "data", "rollback", "v1"], work, env)
+    status = json.loads(_run([*dvc, "status", "ingest", "--json"], work, env).stdout or "{}")
+    assert "ingest" in status, status
+    # no run cache: ingest really runs again on the v1 data (not restored from its v1 run)
+    res = _run([*dvc, "repro", "--no-run-cache", "params", "ingest"], work, env)
+    assert "ingest" in _ran(res), res.stdout[-2000:]
+    after = _manifest_hash(work)
+    print(f"manifest hash: v1 {v1}, v2 {v2}, after `cxrflow data rollback v1` {after}")
+    assert after == v1
+
+    # the same by hand: the .dvc files of a version, then dvc checkout; DVC's run cache may
+    # give the v2 run's outputs back instead of running it again
+    _run(["git", "checkout", "v2", "--", "raw/kermany.dvc", "raw/cohen.dvc"], work, env)
+    _run([*dvc, "checkout", "raw/kermany.dvc", "raw/cohen.dvc"], work, env)
+    res = _run(repro, work, env)
+    assert "ingest" in _ran(res) or "Stage 'ingest' is cached" in res.stdout, res.stdout[-2000:]
+    assert _manifest_hash(work) == v2
+    assert _ran(_run(repro, work, env)) == set()

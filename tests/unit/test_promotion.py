@@ -6,20 +6,34 @@ import math
 
 import pytest
 
-from cxrflow.register import CHALLENGER, CHAMPION, decide_promotion
+from cxrflow.register import CHALLENGER, CHAMPION, Champion, ChampionComparison, decide_promotion
 
 CANDS = ("model_1", "model_2", "model_3")
 
 
-def _decide(scores, audit, champion, margin=0.0, block=True):
+def _champion(scores, value):
+    """A champion scoring ``value``, compared with each candidate as a degenerate interval
+    (lower bound = upper bound = the point difference): the table's margins and ties keep
+    their meaning under the paired rule."""
+    return Champion(
+        7,
+        {
+            k: ChampionComparison(7, s - value, s - value, s - value, 0.5, 0.95, 100)
+            for k, s in scores.items()
+        },
+    )
+
+
+def _decide(scores, audit, champion, margin=0.0, block=True, allow_unaudited=False):
     return decide_promotion(
         scores,
         CANDS,
         audit,
-        champion,
+        None if champion is None else _champion(scores, champion),
         metric="f1_macro",
         margin=margin,
         block_on_audit=block,
+        allow_unaudited=allow_unaudited,
     )
 
 
@@ -126,8 +140,18 @@ def _decide(scores, audit, champion, margin=0.0, block=True):
             CHALLENGER,
             "does not beat",
         ),
-        # not audited (audit disabled) counts as allowed
-        ({"model_1": 0.6}, {"model_1": None}, None, 0.0, True, "model_1", CHAMPION, "first"),
+        # not audited (audit disabled): challenger, "not audited" (issue 16: was eligible)
+        (
+            {"model_1": 0.6},
+            {"model_1": None},
+            None,
+            0.0,
+            True,
+            "model_1",
+            CHALLENGER,
+            "not audited",
+        ),
+        ({"model_1": 0.6}, {}, None, 0.0, False, "model_1", CHALLENGER, "not audited"),
         # a tie goes to the earlier candidate
         (
             {"model_1": 0.7, "model_2": 0.7},

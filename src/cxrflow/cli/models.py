@@ -4,18 +4,74 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cxrflow.cli.context import current_settings
 from cxrflow.cli.errors import EXIT_FAILED
 
+if TYPE_CHECKING:
+    from cxrflow.config import Params
+
 app = typer.Typer()
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def _same_command(ctx: typer.Context, option: str, value: str) -> str:
+    """The running command as typed (its given options), with ``option`` set to ``value``."""
+    import shlex
+
+    settings = current_settings()
+    words = ["cxrflow"]
+    if settings.params_path != DEFAULT_PARAMS:
+        words += ["--params", str(settings.params_path)]
+    if settings.profile:
+        words += ["--profile", settings.profile]
+    for item in settings.overrides:
+        words += ["--set", item]
+    words.append(ctx.info_name or "")
+    args: list[str] = []
+    for param in ctx.command.params:
+        got = ctx.params.get(param.name or "")
+        if param.param_type_name == "argument":
+            args += [str(v) for v in got] if isinstance(got, list | tuple) else [str(got)]
+            continue
+        flag = param.opts[0]
+        if flag == option:
+            words += [flag, value]
+        elif got is None or got is False or got == param.default:
+            continue
+        elif got is True:
+            words.append(flag)
+        else:
+            words += [flag, str(got)]
+    return shlex.join([*words, *args])
+
+
+def _champion_uri(params: Params, ctx: typer.Context, option: str) -> str:
+    """The champion's model URI, once the registry is known to hold it.
+
+    Raises:
+        ModelNotFoundError: There is no champion; the message says why (the reason recorded
+            on the challenger) and gives the same command with the challenger's URI.
+    """
+    from cxrflow.predict import explain_missing_champion
+    from cxrflow.tracking import ModelNotFoundError
+
+    rp = params.register
+    why = explain_missing_champion(
+        rp.model_name, rp.alias, rp.challenger_alias, lambda uri: _same_command(ctx, option, uri)
+    )
+    if why is not None:
+        raise ModelNotFoundError(why)
+    return f"models:/{rp.model_name}@{rp.alias}"
 
 
 @app.command()
 def predict(
+    ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="image files or directories")],
     model_uri: Annotated[
         str | None, typer.Option(help="e.g. runs:/<id>/model (default: the registered champion)")
@@ -30,8 +86,10 @@ def predict(
     ] = None,
 ) -> None:
     """Classify images with the registered champion (or --model-uri, or an --onnx export).
-    Reads params: register (model name and alias), ingest.max_pixels (decompression-bomb
-    limit)."""
+    Exits with status 1 when any file failed (one `cxrflow: error:` line each; with --json
+    the failures are in the list too, with their error). Reads params: register (model name and
+    alias), ingest.max_pixels (decompression-bomb limit); with --model-uri or --onnx and no
+    ./params.yaml, the defaults."""
     from cxrflow.predict import (
         format_errors,
         format_json,
@@ -40,23 +98,31 @@ def predict(
         predict_paths,
     )
 
-    params = current_settings().params()
-    champion = f"models:/{params.register.model_name}@{params.register.alias}"
+    settings = current_settings()
+    given = model_uri is not None or onnx is not None
+    if given and settings.params_path == DEFAULT_PARAMS and not DEFAULT_PARAMS.is_file():
+        # a model named outright needs no project: the ingest pixel limit's default
+        champion, max_pixels = "", None
+    else:
+        params = settings.params()
+        champion = "" if given else _champion_uri(params, ctx, "--model-uri")
+        max_pixels = params.ingest.max_pixels
     model, classes, size = load_predictor(model_uri, onnx, champion)
-    preds = predict_paths(
-        model, [str(p) for p in paths], classes, size, max_pixels=params.ingest.max_pixels
-    )
+    preds = predict_paths(model, [str(p) for p in paths], classes, size, max_pixels=max_pixels)
     ok = [p for p in preds if not p.error]
-    if ok:
-        print(format_json(ok) if as_json else format_table(ok, classes))
+    if as_json:
+        print(format_json(preds))
+    elif ok:
+        print(format_table(ok, classes))
     for line in format_errors(preds):
-        print(f"cxrflow: error: {line}", file=sys.stderr)
-    if not ok:
+        print(line, file=sys.stderr)
+    if len(ok) < len(preds):
         raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
 def export(
+    ctx: typer.Context,
     dataset: Annotated[Path, typer.Option(help="an ingest output directory")],
     splits: Annotated[Path, typer.Option(help="a split output directory")],
     out: Annotated[
@@ -125,7 +191,7 @@ def export(
             return
     else:
         ep = params.export
-        ref = model or f"models:/{params.register.model_name}@{params.register.alias}"
+        ref = model or _champion_uri(params, ctx, "--model")
         info = run_export(
             params,
             ref,

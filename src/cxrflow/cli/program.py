@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from cxrflow.cli import data, models, params, steps
+from cxrflow.cli import data, model, models, params, steps
 from cxrflow.cli.context import Settings, use_settings
 from cxrflow.cli.errors import (
     EXIT_FAILED,
@@ -52,6 +52,7 @@ app.add_typer(steps.app)
 app.add_typer(models.app)
 app.add_typer(data.app, name="data")
 app.add_typer(params.app, name="params")
+app.add_typer(model.app, name="model")
 
 
 def _version() -> str:

@@ -302,6 +302,10 @@ class EvaluateParams(_Section):
     calibration_bins: Annotated[StrictInt, Field(ge=2, le=50)] = 10
     gradcam_per_class: Annotated[StrictInt, Field(ge=0)] = 2
     seed: StrictInt = 2020
+    log_patient_images: Literal["auto", "always", "never"] = "auto"
+    """Log pictures made from patients' images (Grad-CAM overlays, the audit's lung mask) to
+    MLflow: ``auto`` = only for phantom data (the data's ``origin`` in its provenance), never
+    for real patients; the files are written to the step's output either way."""
 
 
 class AuditParams(_Section):
@@ -333,8 +337,11 @@ class RegisterParams(_Section):
     metric: Literal["accuracy", "precision_macro", "recall_macro", "f1_macro"] = "f1_macro"
     candidates: tuple[StrictStr, ...] = ("model_1", "model_2", "model_3")
     promotion_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    """A candidate replaces the current champion only if its metric is higher by more than this."""
+    """A candidate replaces the current champion only if the lower bound of the paired
+    bootstrap interval of (candidate - champion) on the same test images is above this."""
     challenger_alias: StrictStr = "challenger"
+    allow_unaudited: StrictBool = False
+    """The recorded override: a candidate that was not audited may be promoted (tagged)."""
 
     @field_validator("alias", "challenger_alias")
     @classmethod

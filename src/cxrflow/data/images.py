@@ -8,6 +8,10 @@
    ``width * height`` and the shortest side before any pixel is decoded;
 3. verifies PNG chunk CRCs (``Image.verify``; a plain ``load`` ignores bad CRCs) and then fully
    decodes the image (``load``), which catches truncated JPEG and PNG streams;
+   A DICOM file (a ``.dcm``/``.dicom`` name or the ``DICM`` preamble) is decoded by
+   :func:`cxrflow.data.dicom.read_dicom` instead (rescale, VOI LUT or window, MONOCHROME1
+   inverted, 8-bit) and always stored as a PNG of those pixels: no header, hence no patient
+   attribute, reaches the dataset;
 4. normalises the pixel mode: ``L`` and ``RGB`` JPEG/PNG files are stored byte for byte; every
    other mode is converted to 8-bit ``L`` and stored as PNG (see :func:`to_storable`);
 5. computes a 64-bit perceptual hash (``imagehash.phash``, the manifest's ``phash``) and a
@@ -45,6 +49,12 @@ REJECT_REASONS: tuple[str, ...] = (
     "decompression_bomb",  # width * height > IngestParams.max_pixels (checked before decoding)
     "too_small",  # shortest side < IngestParams.min_side
     "unsupported_mode",  # a pixel mode we do not convert (LAB, HSV, ...)
+    # DICOM (see cxrflow.data.dicom)
+    "dicom_no_pixel_data",  # a non-image object: SR, presentation state, KOS, ...
+    "dicom_multi_frame",  # NumberOfFrames > 1
+    "dicom_no_decoder",  # a compressed transfer syntax with no installed decoder
+    "dicom_unsupported",  # photometric interpretation we do not convert (PALETTE COLOR, ...)
+    "dicom_invalid",  # pydicom cannot parse the file or decode its pixels
 )
 """Quarantine reasons :func:`inspect_image` can give."""
 
@@ -263,6 +273,23 @@ def _write_atomic(target: Path, data: bytes) -> None:
     os.replace(tmp, target)
 
 
+def _read_input(path: Path, max_pixels: int) -> bytes:
+    """The file's bytes, refusing a file larger than any image of ``max_pixels`` or empty."""
+    try:
+        size = path.stat().st_size
+        if size > _BYTES_PER_PIXEL_MAX * max_pixels + (1 << 20):
+            raise ImageRejected(
+                "decompression_bomb",
+                f"file is {size} bytes, more than any image of <= {max_pixels} pixels",
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageRejected("unreadable", _one_line(exc)) from exc
+    if not data:
+        raise ImageRejected("zero_byte", "file is empty")
+    return data
+
+
 def inspect_image(
     path: str | Path, params: IngestParams, *, store_dir: str | Path | None = None
 ) -> ImageInfo:
@@ -286,19 +313,13 @@ def inspect_image(
     from PIL import Image, ImageOps
 
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > _BYTES_PER_PIXEL_MAX * params.max_pixels + (1 << 20):
-            raise ImageRejected(
-                "decompression_bomb",
-                f"file is {size} bytes, more than any image of <= {params.max_pixels} pixels",
-            )
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageRejected("unreadable", _one_line(exc)) from exc
-    if not data:
-        raise ImageRejected("zero_byte", "file is empty")
+    data = _read_input(path, params.max_pixels)
     sha = hashlib.sha256(data).hexdigest()
+
+    from cxrflow.data.dicom import is_dicom
+
+    if is_dicom(path, data[:132]):
+        return _inspect_dicom(data, sha, params, store_dir)
 
     with pixel_limit(params.max_pixels):
         im = _open(data)
@@ -362,5 +383,45 @@ def inspect_image(
         elif not target.exists():
             buf = io.BytesIO()
             stored.save(buf, format="PNG")
+            _write_atomic(target, buf.getvalue())
+    return info
+
+
+def _inspect_dicom(
+    data: bytes, sha: str, params: IngestParams, store_dir: str | Path | None
+) -> ImageInfo:
+    """:func:`inspect_image` of a DICOM file: decoded by :func:`cxrflow.data.dicom.read_dicom`,
+    stored as a PNG of its display pixels (``format`` ``DICOM``, ``original_mode`` the
+    photometric interpretation and bit depth)."""
+    import imagehash
+    from PIL import Image
+
+    from cxrflow.data.dicom import read_dicom
+
+    pixels, conversion = read_dicom(data, params.max_pixels)
+    height, width = pixels.shape
+    if min(width, height) < params.min_side:
+        raise ImageRejected(
+            "too_small", f"{width}x{height}: shortest side < min_side {params.min_side}"
+        )
+    gray = Image.fromarray(pixels)  # 2-D uint8 -> mode L
+    info = ImageInfo(
+        width=width,
+        height=height,
+        mode="L",
+        original_mode=conversion.split(" ", 1)[0].split("->", 1)[0],
+        format="DICOM",
+        sha256=sha,
+        phash=str(imagehash.phash(gray)),
+        thumb=gray.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX).tobytes(),
+        ext="png",
+        stored_as="converted",
+        conversion=f"DICOM {conversion}",
+    )
+    if store_dir is not None:
+        target = Path(store_dir) / info.rel_path
+        if not target.exists():
+            buf = io.BytesIO()
+            gray.save(buf, format="PNG")
             _write_atomic(target, buf.getvalue())
     return info

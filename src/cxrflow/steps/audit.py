@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxrflow import names
 from cxrflow.artifacts import AuditReport, ModelInfo
-from cxrflow.steps.evaluate import load_test_split
+from cxrflow.steps.evaluate import load_test_split, patient_images_allowed
 from cxrflow.steps.frame import StepContext, step_frame
 from cxrflow.steps.spec import CANDIDATES, Port, StepSpec
 from cxrflow.steps.train import MODEL_FILE
@@ -122,7 +122,12 @@ def run_audit(
         if results:
             first = next(iter(controls.values()))
             if len(first["x_controls"]):
-                plot_mask(first["x_controls"][0], params.audit.mask_fraction, out / "lung_mask.png")
+                mask = plot_mask(
+                    first["x_controls"][0], params.audit.mask_fraction, out / "lung_mask.png"
+                )
+                # a control patient's X-ray: to MLflow only where patients' pictures may go
+                if patient_images_allowed(params.evaluate.log_patient_images, ctx.prov.origin):
+                    ctx.tracking.log_artifact(parent, mask, "audit")
         AuditReport.model_validate(results).write(out)
         ctx.tracking.log_artifact(parent, out / AUDIT_FILE, "audit")
         passed = [k for k, r in results.items() if r["passed"]]

@@ -30,6 +30,17 @@ KFP_METRICS = ("accuracy", "f1_macro", "roc_auc_macro", "ece")
 """The figures the KFP UI shows per model (with the accuracy interval)."""
 
 
+def patient_images_allowed(setting: str, origin: str) -> bool:
+    """Whether pictures made from patients' images may be logged to MLflow.
+
+    Args:
+        setting: ``evaluate.log_patient_images``: ``always``, ``never`` or ``auto``.
+        origin: The data's origin from its provenance (``phantom`` or ``real``); ``auto``
+            allows phantom data only, so an unknown origin counts as patients.
+    """
+    return setting == "always" or (setting == "auto" and origin == "phantom")
+
+
 @dataclass(frozen=True)
 class TestSplit:
     """One dataset's test split in memory: images, labels and who they belong to."""
@@ -165,8 +176,12 @@ def _evaluate_one(
         {"test": int(metrics["n_test"]), "patients": int(metrics["n_patients"])},
         "evaluation",
     )
+    gradcam = f"gradcam_{key}.png"
+    allowed = patient_images_allowed(params.evaluate.log_patient_images, prov.origin)
     for png in pngs:
-        ctx.tracking.log_artifact(info.run_id, png, "evaluation")
+        # Grad-CAM overlays show patients' images: logged only where allowed (the file stays local)
+        if Path(png).name != gradcam or allowed:
+            ctx.tracking.log_artifact(info.run_id, png, "evaluation")
     ci = metrics["accuracy_ci"]
     log.info(
         "%s: accuracy %.4f [%.4f, %.4f], macro F1 %.4f, %.2f ms/image",

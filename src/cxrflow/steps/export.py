@@ -30,7 +30,9 @@ def run_export(
     own training split and compared with fp32 on its validation split; the step fails when
     int8 loses more than ``export.max_drop_points`` of accuracy (the files are then written
     but not logged). Both models and ``export.json`` go to the registered model's MLflow run
-    under ``onnx/``, with the int8 accuracy drop as a tag.
+    under ``onnx/``, with the int8 accuracy drop as a tag; the int8 model is also registered as
+    ``<model_name>-int8`` (a served image classifier, ONNX Runtime inside) under the same alias
+    as the Keras version, tagged with that drop.
     """
     with step_frame("export", params, dataset_dir=dataset, pipeline_run_id=pipeline_run_id) as ctx:
         with ctx.phase("imports"):
@@ -61,15 +63,69 @@ def run_export(
         if drop is not None:
             tags[names.TAG_EXPORT_INT8_DROP] = f"{drop:.4f}"
         ctx.tracking.set_tags(reg.run_id, tags)
-        info = {**info, "logged_to_run": reg.run_id}
+        with ctx.phase("tracking"):
+            int8 = _register_int8(ctx.tracking, reg, out / export.INT8_FILE, info, drop)
+        info = {**info, "logged_to_run": reg.run_id, "int8_registered": int8}
         files = info["files"]
         ctx.summary = (
             f"{reg.model_key} (version {reg.version}) -> {files['fp32']['file']} "
             f"{files['fp32']['bytes'] / 1e6:.1f} MB, {files['int8']['file']} "
             f"{files['int8']['bytes'] / 1e6:.1f} MB"
             + ("" if drop is None else f"; int8 loses {drop:.2f} accuracy points")
+            + f"; registered as {int8['model_uri']} (version {int8['version']})"
         )
     return info
+
+
+def _register_int8(
+    tracking: Any, reg: Registration, path: Path, info: Mapping[str, Any], drop: float | None
+) -> dict[str, Any]:
+    """Log the int8 model as the served image classifier (its ONNX Runtime backend) to the
+    registered model's run and register it as ``<name>-int8`` under the same alias (champion
+    or challenger) as the Keras version it came from, tagged with its accuracy loss."""
+    from cxrflow import serving
+
+    name = serving.int8_model_name(reg.model_name)
+    model_uri = serving.log_classifier(
+        "onnx",
+        path,
+        "model_int8",
+        {
+            "classes": list(info["classes"]),
+            "image_size": int(info["image_size"]),
+            "model_key": reg.model_key,
+            "precision": "int8",
+            "source_model": f"{reg.model_name}/{reg.version}",
+        },
+        run_id=reg.run_id,
+    )
+    tags = {
+        names.TAG_MODEL_KEY: reg.model_key,
+        names.TAG_RUN_ID: reg.run_id,
+        names.TAG_EXPORT_SOURCE_MODEL: f"{reg.model_name}/{reg.version}",
+        names.TAG_EXPORT_DIGEST: info["files"]["int8"].get("sha256", ""),
+    }
+    loss = "not measured (export.check_images: 0)"
+    if drop is not None:
+        tags[names.TAG_EXPORT_INT8_DROP] = f"{drop:.4f}"
+        loss = f"loses {drop:.2f} accuracy points against fp32 on the validation split"
+    version = tracking.register_model(
+        model_uri,
+        name,
+        reg.alias,
+        tags=tags,
+        description=(
+            f"int8 ONNX of {reg.model_name} version {reg.version} ({reg.model_key}, "
+            f"{reg.role}): {loss}"
+        ),
+    )
+    return {
+        "model_name": name,
+        "version": version,
+        "alias": reg.alias,
+        "model_uri": f"models:/{name}@{reg.alias}",
+        "logged_model_uri": model_uri,
+    }
 
 
 def _publish(info: Mapping[str, Any] | None, outputs: Mapping[str, Any]) -> None:

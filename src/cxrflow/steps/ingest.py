@@ -133,6 +133,34 @@ def _show(result: Mapping[str, Any]) -> str:
     )
 
 
+def _is_remote(registry: str) -> bool:
+    """A registry DVC cannot hash as a local path (a URL or ``user@host:path``)."""
+    return "://" in registry or ("@" in registry and ":" in registry.split("/", 1)[0])
+
+
+def _dvc_deps(params_yaml: Mapping[str, Any]) -> list[str]:
+    """The data ingest reads, as DVC deps: so that a data rollback makes ``dvc repro`` rerun.
+
+    Each root of params.yaml's ``data.sources`` (``${data.sources.<name>[<i>]}``, so that a
+    changed root is followed; a new root needs the generator to run again). With a local
+    ``data.registry`` each root's ``.dvc`` file there instead (``cxrflow data snapshot``
+    tracks exactly the roots), since ingest reads the registry's committed version, not its
+    working copy. A remote registry and phantom data give none: ``data.version`` and
+    ``data.synth`` are params, which the stage lists already.
+    """
+    data = params_yaml.get("data") or {}
+    sources = data.get("sources") or {}
+    registry = data.get("registry")
+    if registry is not None and _is_remote(str(registry)):
+        return []
+    deps = []
+    for name, roots in sources.items():
+        for i in range(len(roots or [])):
+            root = f"${{data.sources.{name}[{i}]}}"
+            deps.append(root if registry is None else f"${{data.registry}}/{root}.dvc")
+    return deps
+
+
 SPEC = StepSpec(
     name="ingest",
     run=run_ingest,
@@ -140,6 +168,7 @@ SPEC = StepSpec(
     reads=("data", "ingest"),
     outputs=(Port("dataset", "Dataset", "data/dataset"),),
     cache=lambda params: params.data.is_pinned,
+    dvc_deps=_dvc_deps,
     io_retry=True,
     publish=_publish,
     show=_show,

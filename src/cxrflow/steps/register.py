@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +21,6 @@ if TYPE_CHECKING:
 REGISTERED_FILE = Registration.FILE
 METRIC_TAGS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc_macro")
 """The test figures a registered version carries as ``cxrflow.metric.<name>`` tags."""
-
-
-def champion_score(tags: Mapping[str, str], metric: str) -> float | None:
-    """The current champion's score on ``metric`` from its version's tags (None if untagged)."""
-    tag = tags.get(names.metric_tag(metric)) or tags.get(names.legacy_metric_tag(metric))
-    return float(tag) if tag else None
 
 
 def _version_tags(
@@ -54,26 +49,145 @@ def _version_tags(
     verdict = audit.root.get(m.model_key)
     if verdict is not None:
         tags |= verdict_tags(verdict.passed, verdict.reasons)
+    if decision.audit_override:
+        tags[names.TAG_AUDIT_OVERRIDE] = "not audited; eligible by register.allow_unaudited"
+    c = decision.comparison
+    if c is not None:
+        tags |= {
+            names.TAG_PROMOTION_METRIC: metric,
+            names.TAG_PROMOTION_CHAMPION_VERSION: str(c.champion_version),
+            names.TAG_PROMOTION_DIFFERENCE: f"{c.difference:.6f}",
+            names.TAG_PROMOTION_CI_LOW: f"{c.ci_low:.6f}",
+            names.TAG_PROMOTION_CI_HIGH: f"{c.ci_high:.6f}",
+            names.TAG_PROMOTION_MCNEMAR_P: "" if c.p_value is None else f"{c.p_value:.6g}",
+        }
     return tags
+
+
+def _champion_predictions(
+    tracking: Any, model_name: str, version: int, dataset: str | Path, splits: str | Path, m: Any
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """The champion's predicted labels on the test split of ``m``'s dataset, with the split's
+    labels and patient ids, and the champion's metadata."""
+    import numpy as np
+
+    from cxrflow.steps.evaluate import load_test_split
+
+    uri = f"models:/{model_name}/{version}"
+    model, meta = tracking.load_model(uri)
+    if not meta.get("classes") or not meta.get("image_size"):
+        raise ValueError(
+            f"{uri}: the champion has no cxrflow metadata (classes, image_size), so it cannot "
+            "be evaluated on this test split; promote a version by hand with `cxrflow model "
+            "promote VERSION --reason ...`"
+        )
+    test = load_test_split(
+        dataset, splits, m.dataset, list(meta["classes"]), int(meta["image_size"])
+    )
+    proba = np.asarray(model.predict(test.x.astype(np.float32), verbose=0))
+    return proba.argmax(axis=1), test.y, test.groups, meta
+
+
+def compare_with_champion(
+    params: Params,
+    current: Mapping[str, Any],
+    results: Mapping[str, ModelEvaluation],
+    dataset: str | Path,
+    splits: str | Path,
+    tracking: Any,
+) -> Any:
+    """The current champion against each candidate on this run's test images.
+
+    The champion (by version) is loaded and predicts the test split of the candidates'
+    dataset, only when its classes and dataset are the candidates'; each comparison is the
+    paired patient bootstrap of (candidate - champion) on ``register.metric`` with the
+    evaluation's bootstrap settings, and McNemar's test.
+
+    Returns:
+        A :class:`cxrflow.register.Champion`.
+    """
+    import numpy as np
+
+    from cxrflow.promotion import paired_difference
+    from cxrflow.register import Champion, ChampionComparison
+    from cxrflow.stats import mcnemar_pairs
+
+    rp, ep = params.register, params.evaluate
+    version = int(current["version"])
+    champ_dataset = current["tags"].get(names.TAG_DATASET, "")
+    keys = [k for k in rp.candidates if k in results]
+    not_comparable: dict[str, str] = {}
+    comparisons: dict[str, Any] = {}
+    loaded: dict[str, tuple[Any, Any, Any, dict[str, Any]]] = {}
+    for key in keys:
+        m = results[key]
+        if champ_dataset and champ_dataset != m.dataset:
+            not_comparable[key] = f"it was trained on {champ_dataset}, {key} on {m.dataset}"
+            continue
+        if m.dataset not in loaded:
+            loaded[m.dataset] = _champion_predictions(
+                tracking, rp.model_name, version, dataset, splits, m
+            )
+        champ_pred, y, groups, meta = loaded[m.dataset]
+        if list(meta.get("classes", [])) != list(m.classes):
+            not_comparable[key] = f"its classes {meta.get('classes')} are not {list(m.classes)}"
+            continue
+        pred = np.asarray(m.figure("predictions") or [], dtype=int)
+        if len(pred) != len(y):
+            not_comparable[key] = (
+                f"{key} predicted {len(pred)} test images, this test split has {len(y)}"
+            )
+            continue
+        d = paired_difference(
+            y,
+            pred,
+            champ_pred,
+            groups,
+            len(m.classes),
+            rp.metric,
+            n_boot=ep.bootstrap_samples,
+            confidence=ep.confidence,
+            seed=ep.seed,
+        )
+        (pair,) = mcnemar_pairs(y, {key: pred, "champion": champ_pred})
+        comparisons[key] = ChampionComparison(
+            champion_version=version,
+            difference=d["difference"],
+            ci_low=d["ci_low"],
+            ci_high=d["ci_high"],
+            p_value=float(pair["p_value"]),
+            confidence=ep.confidence,
+            n_test=d["n_test"],
+        )
+    return Champion(version, comparisons, not_comparable)
 
 
 def run_register(
     params: Params,
+    dataset: str | Path,
+    splits: str | Path,
     evaluation: str | Path,
     registered: str | Path,
     audit_report: str | Path | None = None,
     pipeline_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """register: the best candidate that passed the audit becomes champion if it beats the
-    current champion by the margin; otherwise it is registered as challenger, with the reason.
+    """register: the best audited candidate; champion if it beats the champion on the same images.
 
-    Reads params ``register``, ``audit``. :func:`cxrflow.register.decide_promotion` decides:
-    a candidate that failed the shortcut audit (when ``audit.block_promotion``) is never
-    promoted. Aliases only, never the deprecated stages. The decision is recorded on the
+    Otherwise it is registered as challenger, with the reason.
+
+    Reads params ``register``, ``audit.block_promotion`` and the evaluation's bootstrap
+    settings. :func:`cxrflow.register.decide_promotion` decides: a candidate that failed the
+    shortcut audit (when ``audit.block_promotion``) is never promoted, and one that was not
+    audited only with ``register.allow_unaudited`` (recorded on the version). The current
+    champion is evaluated on this run's test split, and a candidate is promoted only when the
+    lower bound of the paired patient-bootstrap interval of (candidate - champion) is above
+    ``register.promotion_margin``. Aliases only, never the deprecated stages; every alias move
+    is recorded in the registry (``cxrflow model history``). The decision is recorded on the
     parent run of ``pipeline_run_id`` (default: the run named in the evaluation's metrics).
     """
     with step_frame("register", params, pipeline_run_id=pipeline_run_id) as ctx:
         with ctx.phase("imports"):
+            from cxrflow.promotion import move_alias
             from cxrflow.register import CHAMPION, decide_promotion
         tracking, rp = ctx.tracking, params.register
         results = Evaluation.read(evaluation).root
@@ -82,23 +196,40 @@ def run_register(
             audit = AuditReport.read(audit_report)
         tracking.configure(params.tracking.experiment_name)
         current = tracking.alias_version(rp.model_name, rp.alias)
+        champion = None
+        if current is not None:
+            with ctx.phase("champion"):
+                champion = compare_with_champion(
+                    params, current, results, dataset, splits, tracking
+                )
         decision = decide_promotion(
             {k: float(results[k].figure(rp.metric)) for k in rp.candidates if k in results},
             rp.candidates,
             {k: (audit.root[k].passed if k in audit.root else None) for k in rp.candidates},
-            None if current is None else champion_score(current["tags"], rp.metric),
+            champion,
             metric=rp.metric,
             margin=rp.promotion_margin,
             block_on_audit=params.audit.block_promotion,
+            allow_unaudited=rp.allow_unaudited,
         )
         m = results[decision.model_key]
         alias = rp.alias if decision.role == CHAMPION else rp.challenger_alias
+        before = current if alias == rp.alias else tracking.alias_version(rp.model_name, alias)
         version = tracking.register_model(
             m.model_uri,
             rp.model_name,
             alias,
             tags=_version_tags(params, m, decision, audit),
             description=f"{m.model_key} ({decision.role}): {decision.reason}",
+        )
+        move_alias(
+            rp.model_name,
+            alias,
+            version,
+            action="register",
+            reason=f"{m.model_key}: {decision.reason}",
+            previous=None if before is None else int(before["version"]),
+            set_alias=False,
         )
         info = Registration(
             model_key=m.model_key,
@@ -121,6 +252,9 @@ def run_register(
             audit={k: {"passed": v.passed, "reasons": v.reasons} for k, v in audit.root.items()},
             run_id=m.run_id,
             dataset=m.dataset,
+            comparison={}
+            if decision.comparison is None
+            else {"metric": rp.metric, **asdict(decision.comparison)},
         )
         info.write(registered)
         tracking.set_tags(m.run_id, {names.TAG_PROMOTION: decision.role})
@@ -162,6 +296,27 @@ def format_promotion(registered: Mapping[str, Any]) -> str:
         if not any(v["passed"] for v in audit.values()):
             lines.append("")
             lines.append("NO MODEL PASSED THE SHORTCUT AUDIT: none was promoted to champion.")
+    c = registered.get("comparison") or {}
+    if c:
+        p = c.get("p_value")
+        level = f"{100 * float(c.get('confidence', 0.95)):g}% CI"
+        lines.append("")
+        lines.append(
+            format_table(
+                ["against the champion", "value"],
+                [
+                    ["champion version", c["champion_version"]],
+                    ["test images (both models)", c.get("n_test", "")],
+                    [
+                        f"{c.get('metric', registered.get('metric', ''))} difference "
+                        "(candidate - champion)",
+                        f"{c['difference']:+.4f}",
+                    ],
+                    [level, f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"],
+                    ["McNemar p", "n/a" if p is None else f"{p:.3g}"],
+                ],
+            )
+        )
     lines.append("")
     lines.append(
         f"{registered['model_key']} -> models:/{registered['model_name']}@{registered['alias']} "
@@ -181,12 +336,20 @@ SPEC = StepSpec(
     name="register",
     run=run_register,
     kind="record",
-    reads=("register", "audit.block_promotion", "tracking"),
-    inputs=("evaluation", "audit_report"),
+    reads=(
+        "register",
+        "audit.block_promotion",
+        "evaluate.bootstrap_samples",
+        "evaluate.confidence",
+        "evaluate.seed",
+        "tracking",
+    ),
+    # the champion is evaluated on this run's test split: the images and the split
+    inputs=("dataset", "splits", "evaluation", "audit_report"),
     outputs=(Port("registered", "Artifact", "reports/register"),),
     optional=("audit_report",),
     io_retry=True,
-    preload=("cxrflow.register",),
+    preload=("cxrflow.register", "cxrflow.promotion"),
     publish=_publish,
     dvc_outputs={"outs": [{"reports/register": {"cache": False}}]},
 )

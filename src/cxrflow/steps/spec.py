@@ -97,6 +97,9 @@ class StepSpec:
         dvc: Whether the step is a DVC stage (finalize is not: DVC has no exit handler).
         dvc_outputs: The stage's ``outs``/``metrics``/``plots`` where they differ from its
             output directories (e.g. a report kept out of the DVC cache).
+        dvc_deps: The stage's deps that params choose (data it reads outside the pipeline,
+            e.g. ingest's source roots): ``dvc_deps(params_yaml)`` with params.yaml's top
+            level as loaded, returning paths or DVC ``${...}`` interpolations of params.yaml.
     """
 
     name: str
@@ -118,6 +121,7 @@ class StepSpec:
     cli: bool = True
     dvc: bool = True
     dvc_outputs: Mapping[str, Any] = field(default_factory=dict)
+    dvc_deps: Callable[[Mapping[str, Any]], list[str]] | None = None
 
     @property
     def summary(self) -> str:

@@ -283,8 +283,6 @@ def _save_model(
 ) -> str:
     """Save the model and its history to the output, log the run's figures and the model;
     returns the logged model's URI."""
-    import numpy as np
-
     from cxrflow.config import DATASETS
     from cxrflow.models import get_architecture
 
@@ -309,7 +307,6 @@ def _save_model(
         ctx.tracking.log_keras_model(
             result.model,
             "model",
-            data[0][:2].astype(np.float32),
             {
                 "classes": list(DATASETS[spec.dataset]),
                 "image_size": ctx.params.train.image_size,

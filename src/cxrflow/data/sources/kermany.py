@@ -9,7 +9,10 @@ Labels come from the class folder and, for pneumonia, the file name (``_bacteria
   ``-yyyy`` variants of one study number count as one patient; different study numbers may
   still be one child, which no file name can reveal;
 - names matching neither pattern get ``kermany:file:<stem>`` (one patient per file) and are
-  logged.
+  logged;
+- a DICOM file (``.dcm``, ``.dicom``) whose header has a ``PatientID`` gets
+  ``kermany:dicom-<hash>``, a salted hash of it (:func:`cxrflow.data.dicom.dicom_patient_key`;
+  the id itself is never recorded), before the file-name rules.
 
 Every Kermany image is pediatric (the collection is children aged one to five).
 """
@@ -97,12 +100,18 @@ def kermany_patient_id(filename: str) -> str:
 
 
 def _record(
-    path: str, rel: str, split: str, class_folder: str | None, filename: str
+    path: str,
+    rel: str,
+    split: str,
+    class_folder: str | None,
+    filename: str,
+    patient_key: str | None = None,
 ) -> Candidate | Rejected:
     """The record of one file under a split folder (``class_folder`` None: directly in it).
 
     The one labelling rule, shared by :func:`discover_kermany` (a directory walk) and
-    :meth:`KermanySource.count_labels` (a listing).
+    :meth:`KermanySource.count_labels` (a listing). ``patient_key`` (a DICOM's hashed
+    ``PatientID``, from the walk only) takes precedence over the file-name patient id.
     """
     if class_folder is None:
         return Rejected(
@@ -128,7 +137,7 @@ def _record(
         path=path,
         original_path=rel,
         label=label,
-        patient_id=kermany_patient_id(filename),
+        patient_id=f"{KERMANY}:{patient_key}" if patient_key else kermany_patient_id(filename),
         view="",
         age_group=POPULATION,
         source_split=split.lower(),
@@ -167,6 +176,9 @@ def discover_kermany(root: str | Path) -> Iterator[Candidate | Rejected]:
     Raises:
         FileNotFoundError: When no Kermany layout is found.
     """
+    # imported here: the DICOM module brings the image stack, which listing sources does not need
+    from cxrflow.data.dicom import DICOM_EXTENSIONS, dicom_patient_key
+
     base = find_kermany_root(root).absolute()
     base_resolved = base.resolve()
     parent = Path(root).absolute().parent
@@ -195,7 +207,8 @@ def discover_kermany(root: str | Path) -> Iterator[Candidate | Rejected]:
                         )
                         continue
                     folder = entry.name if entry.is_dir() else None
-                    yield _record(str(f), rel, split_dir.name, folder, f.name)
+                    key = dicom_patient_key(f) if f.suffix.lower() in DICOM_EXTENSIONS else None
+                    yield _record(str(f), rel, split_dir.name, folder, f.name, key)
 
     yield from _log_fallbacks(walk())
 

@@ -1,0 +1,122 @@
+"""``cxrflow model promote / rollback / history`` against a sqlite tracking store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cxrflow import names
+from cxrflow.cli.program import main
+
+NAME = "cxrflow-test"
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """Versions 1-3 of a registered model: 1 and 3 passed the audit, 2 failed; v1 champion."""
+    from mlflow.tracking import MlflowClient
+
+    from cxrflow.promotion import move_alias
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("CXRFLOW_USER", "dr.who")
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the commands need none with --name
+    client = MlflowClient(tracking_uri=uri)
+    client.create_registered_model(NAME)
+    (tmp_path / "model").mkdir()
+    for verdict in ("true", "false", "true"):
+        mv = client.create_model_version(NAME, (tmp_path / "model").as_uri())
+        client.set_model_version_tag(NAME, mv.version, names.TAG_AUDIT_PASSED, verdict)
+    move_alias(NAME, "champion", 1, action="register", reason="model_1: first champion")
+    return client
+
+
+def _run(capsys, *args):
+    code = main(["model", *args, "--name", NAME])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_promote_rollback_history(registry, capsys) -> None:
+    code, out, _ = _run(capsys, "promote", "3", "--reason", "better on the 2024 data")
+    assert code == 0
+    assert "@champion: version 1 -> version 3 (promote by dr.who" in out
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == "3"
+    tags = registry.get_model_version(NAME, "3").tags
+    assert tags[names.TAG_PROMOTION_REASON] == "better on the 2024 data"
+    assert tags[names.TAG_PROMOTED_BY] == "dr.who"
+
+    code, out, _ = _run(capsys, "rollback", "--reason", "false positives on ward 3")
+    assert code == 0, out
+    assert "version 3 -> version 1 (rollback by dr.who" in out
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+    code, out, err = _run(capsys, "rollback")
+    assert code == 2
+    assert err == (
+        f"cxrflow: error: {NAME}@champion is version 1 and has no previous champion to roll "
+        "back to\n"
+    )
+
+    code, out, _ = _run(capsys, "history", "--json")
+    moves = json.loads(out)
+    assert [(m["from_version"], m["to_version"], m["action"]) for m in moves] == [
+        (None, 1, "register"),
+        (1, 3, "promote"),
+        (3, 1, "rollback"),
+    ]
+    assert {m["who"] for m in moves} == {"dr.who"}
+    assert moves[2]["reason"] == "false positives on ward 3"
+    code, out, _ = _run(capsys, "history")
+    assert code == 0 and "false positives on ward 3" in out and "| when" in out
+
+
+def test_a_failed_audit_needs_the_override_and_a_reason(registry, capsys) -> None:
+    code, _, err = _run(capsys, "promote", "2", "--reason", "trust me")
+    assert code == 2
+    assert err.startswith("cxrflow: error: version 2 failed the shortcut audit")
+    assert "--override-audit" in err and err.count("\n") == 1
+    assert str(registry.get_model_version_by_alias(NAME, "champion").version) == "1"
+    code, _, err = _run(capsys, "promote", "2", "--override-audit", "--reason", " ")
+    assert (code, err) == (2, "cxrflow: error: a promotion needs a reason: --reason '...'\n")
+    code, out, _ = _run(capsys, "promote", "2", "--override-audit", "--reason", "reviewed")
+    assert code == 0 and "[audit overridden: failed]" in out
+    tags = registry.get_model_version(NAME, "2").tags
+    assert tags[names.TAG_AUDIT_OVERRIDE] == "promote by dr.who: reviewed"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("promote", "9", "--reason", "x"), f"{NAME} has no version 9"),
+        (("promote", "1", "--reason", "x"), f"version 1 of {NAME} is already @champion"),
+    ],
+)
+def test_bad_input_is_one_line(registry, capsys, args, message) -> None:
+    code, _, err = _run(capsys, *args)
+    assert (code, err) == (2, f"cxrflow: error: {message}\n")
+
+
+def test_unknown_model_and_no_store(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")
+    code, _, err = _run(capsys, "history")
+    assert code == 2 and "no MLflow tracking store" in err and err.count("\n") == 1
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_refused_credentials_are_a_user_error() -> None:
+    from mlflow.exceptions import MlflowException
+
+    from cxrflow import tracking
+
+    exc = MlflowException(
+        "API request to endpoint /api/2.0/mlflow/registered-models/get failed with error code "
+        "401 != 200. Response body: 'You are not authenticated.'"
+    )
+    refused = tracking._refused(exc)
+    assert isinstance(refused, tracking.RegistryAccessError)
+    assert "not authenticated: set MLFLOW_TRACKING_USERNAME" in str(refused)
+    assert tracking._refused(MlflowException("boom")) is None
