@@ -226,9 +226,14 @@ def test_predict_with_champion(local_run: dict, tmp_path: Path) -> None:
         "--json",
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
-    preds = json.loads(res.stdout)
-    assert len(preds) == 1  # the directory's one image; the broken file is on stderr
-    assert preds[0]["predicted"] in ("normal", "bacterial", "covid")
-    assert abs(sum(preds[0]["probabilities"].values()) - 1.0) < 1e-4
-    assert "broken.jpeg" in res.stderr and "cxrflow: error:" in res.stderr
+    assert res.returncode == 1, res.stderr[-3000:]  # one input failed: the exit says so
+    preds = {Path(p["path"]).name: p for p in json.loads(res.stdout)}
+    assert set(preds) == {"a chest.png", "broken.jpeg"}  # the failure is listed, not dropped
+    good_pred, bad_pred = preds["a chest.png"], preds["broken.jpeg"]
+    assert good_pred["error"] is None
+    assert good_pred["predicted"] in ("normal", "bacterial", "covid")
+    assert abs(sum(good_pred["probabilities"].values()) - 1.0) < 1e-4
+    assert bad_pred["predicted"] is None and bad_pred["error"]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("cxrflow: error:")]
+    assert len(errors) == 1 and "broken.jpeg" in errors[0], res.stderr[-2000:]
+    assert "error: error:" not in res.stderr

@@ -116,7 +116,7 @@ def test_refused_credentials_are_a_user_error() -> None:
         "API request to endpoint /api/2.0/mlflow/registered-models/get failed with error code "
         "401 != 200. Response body: 'You are not authenticated.'"
     )
-    refused = tracking._refused(exc)
+    refused = tracking.registry._refused(exc)
     assert isinstance(refused, tracking.RegistryAccessError)
     assert "not authenticated: set MLFLOW_TRACKING_USERNAME" in str(refused)
-    assert tracking._refused(MlflowException("boom")) is None
+    assert tracking.registry._refused(MlflowException("boom")) is None

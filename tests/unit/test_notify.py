@@ -160,7 +160,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp_path / "mlartifacts").as_uri())
-    monkeypatch.setattr(tracking, "PARENT_SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(tracking.runs, "PARENT_SETTLE_SECONDS", 0.0)
     mlflow.set_tracking_uri(uri)
     return load_params(ROOT / "params.yaml", "smoke")
 
@@ -191,7 +191,7 @@ def test_finalize_builds_the_mlflow_link_from_the_tracking_uri(
     uri = mlflow.get_tracking_uri()
     # what finalize's tracking calls use is already set; the link reads the environment
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.cxrflow.svc:5000")
-    monkeypatch.setattr(tracking, "tracking_uri", lambda: uri)
+    monkeypatch.setattr(tracking.session, "tracking_uri", lambda: uri)
     result = steps.run_finalize(store, "run-l", "FAILED", "boom")
     (msg,) = receiver.messages
     want = f"http://mlflow.cxrflow.svc:5000/#/runs/{result['parent_run_id']}"

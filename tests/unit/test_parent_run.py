@@ -28,7 +28,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp_path / "mlartifacts").as_uri())
-    monkeypatch.setattr(tracking, "PARENT_SETTLE_SECONDS", 0.0)  # no parallel steps here
+    monkeypatch.setattr(tracking.runs, "PARENT_SETTLE_SECONDS", 0.0)  # no parallel steps here
     mlflow.set_tracking_uri(uri)
     tracking.configure(EXPERIMENT)
     return MlflowClient()
@@ -95,7 +95,7 @@ def test_a_step_that_created_a_duplicate_adopts_the_older_parent_and_deletes_its
 ) -> None:
     older = _create_parent(store, "kfp-run-2")
     # this step looked before `older` existed: it creates its own parent
-    monkeypatch.setattr(tracking, "find_parent_run", lambda *_: None)
+    monkeypatch.setattr(tracking.runs, "find_parent_run", lambda *_: None)
     got = tracking.get_or_create_parent_run(EXPERIMENT, "kfp-run-2", {}, {}, settle_seconds=0)
     monkeypatch.undo()
     assert got == older

@@ -92,7 +92,7 @@ def test_finalize_ends_a_stopped_run_killed(
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp_path / "mlartifacts").as_uri())
-    monkeypatch.setattr(tracking, "PARENT_SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(tracking.runs, "PARENT_SETTLE_SECONDS", 0.0)
     mlflow.set_tracking_uri(uri)
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml", "smoke")
     exp = params.tracking.experiment_name
