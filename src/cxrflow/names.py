@@ -114,4 +114,14 @@ def alias_move_tag(millis: int, alias: str) -> str:
 
 # ------------------------------------------------------------------- served models
 TAG_EXPORT_SOURCE_MODEL: Final = "cxrflow.export.source_model"
+INT8_SUFFIX: Final = "-int8"
+"""The registered model ``<name>-int8`` holds the int8 ONNX exports of registered model
+``<name>`` (its versions tagged :data:`TAG_EXPORT_SOURCE_MODEL` ``<name>/<version>``)."""
+
+
+def int8_model_name(name: str) -> str:
+    """The registered model holding the int8 ONNX exports of registered model ``name``."""
+    return name + INT8_SUFFIX
+
+
 """On an int8 ONNX version: the registered Keras version it was exported from (``name/version``)."""

@@ -344,6 +344,44 @@ def rollback_champion(model_name: str, alias: str, reason: str = "") -> AliasMov
     return move_alias(model_name, alias, target, action="rollback", reason=text)
 
 
+def follow_int8(model_name: str, move: AliasMove) -> str:
+    """Move the int8 model's alias with the Keras one, so that ``<name>-int8@<alias>`` is always
+    the export of ``<name>@<alias>``; returns what happened, in one line ("" when ``model_name``
+    has no int8 model).
+
+    The int8 version is the one tagged as exported from the version the alias now points at; if
+    there is none (that version was never exported), the int8 alias is removed rather than left
+    serving another version's model, and the line says how to export it.
+    """
+    from cxrflow import tracking
+
+    int8 = names.int8_model_name(model_name)
+    if tracking.registered_model(int8) is None:
+        return ""
+    source = f"{model_name}/{move.to_version}"
+    version = tracking.find_model_version(int8, names.TAG_EXPORT_SOURCE_MODEL, source)
+    if version is None:
+        before = tracking.alias_version(int8, move.alias)
+        tracking.delete_model_alias(int8, move.alias)
+        was = "" if before is None else f" (was version {before['version']})"
+        return (
+            f"{int8}@{move.alias} removed{was}: version {move.to_version} has no int8 export; "
+            f"make one with `cxrflow export --model models:/{source}`"
+        )
+    current = tracking.alias_version(int8, move.alias)
+    if current is not None and int(current["version"]) == version:
+        return f"{int8}@{move.alias}: already version {version} (the export of {source})"
+    follow = move_alias(
+        int8,
+        move.alias,
+        version,
+        action=move.action,
+        reason=f"follows {model_name}@{move.alias} -> version {move.to_version}: {move.reason}",
+    )
+    before = "nowhere" if follow.from_version is None else f"version {follow.from_version}"
+    return f"{int8}@{move.alias}: {before} -> version {version} (the export of {source})"
+
+
 def alias_history(model_name: str) -> list[AliasMove]:
     """Every recorded alias move of ``model_name``, oldest first.
 

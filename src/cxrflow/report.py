@@ -43,6 +43,10 @@ PAPER_LATENCY_MS = (26.9, 42.7)  # per test image on an NVIDIA K80 (Figure 6)
 PAPER_COUNTS = {"normal": 544, "bacterial": 500, "covid": 456}
 
 
+LOCAL_RUNS = Path("runs/kfp")
+"""Where ``cxrflow pipeline run --local`` (``make run``) keeps its runs unless told otherwise."""
+
+
 @dataclass(frozen=True)
 class RunOutputs:
     """Where one run's step outputs are."""
@@ -52,6 +56,29 @@ class RunOutputs:
     evaluation: Path
     audit: Path | None
     registered: Path | None
+
+    @classmethod
+    def latest(cls, root: str | Path = LOCAL_RUNS) -> tuple[Path, RunOutputs]:
+        """The newest complete run under ``root`` (by modification time) and its outputs: what
+        ``cxrflow report`` and ``cxrflow export`` use when given no run.
+
+        Raises:
+            FileNotFoundError: No complete run there; the message says what to do.
+        """
+        runs = sorted(
+            (p for p in Path(root).glob("*") if p.is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for run in runs:
+            try:
+                return run, cls.from_kfp_run(run)
+            except FileNotFoundError:
+                continue
+        raise FileNotFoundError(
+            f"no complete cxrflow run under {root}: run `make run` first, or give --run-dir "
+            "(or the step outputs)"
+        )
 
     @classmethod
     def from_kfp_run(cls, run_dir: str | Path) -> RunOutputs:

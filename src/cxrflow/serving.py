@@ -34,6 +34,7 @@ import base64
 import binascii
 import importlib.metadata
 import io
+import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from cxrflow import names
 from cxrflow.datasets import preprocess_image
 
 INPUT_IMAGE = "image"
@@ -53,12 +55,15 @@ OUTPUT_COLUMNS = ("predicted", "probabilities", "error")
 KERAS_ARTIFACT = "keras_model"
 ONNX_ARTIFACT = "onnx_model"
 BACKENDS = {"keras": KERAS_ARTIFACT, "onnx": ONNX_ARTIFACT}
-INT8_SUFFIX = "-int8"
+CONFIG_ARTIFACT = "cxrflow_config"
+"""The artifact holding the classifier's configuration (JSON). Not MLflow's ``model_config``:
+MLflow 3 logs that as params of the run, and a run's params are its resolved params only."""
+INT8_SUFFIX = names.INT8_SUFFIX
 
 
 def int8_model_name(name: str) -> str:
     """The registered model holding the int8 ONNX exports of registered model ``name``."""
-    return name + INT8_SUFFIX
+    return names.int8_model_name(name)
 
 
 def _present(value: Any) -> bool:
@@ -158,9 +163,9 @@ def classify_frame(
 class ImageClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
     """The pyfunc: image bytes or paths in, class and probabilities out (module docstring).
 
-    Its configuration (``model_config``) holds ``classes``, ``image_size``, ``max_pixels`` and
-    ``backend``; the backend's file is the artifact :data:`KERAS_ARTIFACT` or
-    :data:`ONNX_ARTIFACT`.
+    Its configuration (the JSON artifact :data:`CONFIG_ARTIFACT`) holds ``classes``,
+    ``image_size``, ``max_pixels`` and ``backend``; the backend's file is the artifact
+    :data:`KERAS_ARTIFACT` or :data:`ONNX_ARTIFACT`.
     """
 
     def __init__(self) -> None:
@@ -170,8 +175,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defi
 
     def load_context(self, context: Any) -> None:
         """Load the backend: Keras, or ONNX Runtime (which never imports TensorFlow)."""
-        self.config = dict(context.model_config or {})
         artifacts = dict(context.artifacts)
+        self.config = json.loads(Path(artifacts[CONFIG_ARTIFACT]).read_text(encoding="utf-8"))
         if KERAS_ARTIFACT in artifacts:
             import keras
 
@@ -283,8 +288,6 @@ def log_classifier(
     Returns:
         The logged model's URI (``models:/<model_id>``).
     """
-    from mlflow.models import Model
-
     from cxrflow.config import IngestParams
 
     meta = {
@@ -301,18 +304,40 @@ def log_classifier(
         "backend": backend,
     }
     example = pd.DataFrame({INPUT_IMAGE: [encode_image(example_png(size))]})
+    with tempfile.TemporaryDirectory(prefix="cxrflow-config-") as tmp:
+        config_file = Path(tmp) / "config.json"
+        config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return _log(
+            name,
+            run_id,
+            {BACKENDS[backend]: str(path), CONFIG_ARTIFACT: str(config_file)},
+            example,
+            backend,
+            meta,
+        )
+
+
+def _log(
+    name: str,
+    run_id: str | None,
+    artifacts: dict[str, str],
+    example: pd.DataFrame,
+    backend: str,
+    meta: Mapping[str, Any],
+) -> str:
+    from mlflow.models import Model
+
     info = Model.log(
         artifact_path=None,  # MLflow 3 names a model by ``name``; the old argument has no default
         name=name,
         flavor=mlflow.pyfunc,
         run_id=run_id,
         python_model=ImageClassifier(),
-        artifacts={BACKENDS[backend]: str(path)},
-        model_config=config,
+        artifacts=artifacts,
         signature=signature(),
         input_example=example,
         pip_requirements=pip_requirements(backend),
-        metadata=meta,
+        metadata=dict(meta),
     )
     return str(info.model_uri)
 

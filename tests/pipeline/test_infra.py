@@ -122,10 +122,11 @@ def _lint_versions() -> dict[str, str]:
 
 
 def _run_on_kubernetes_section() -> str:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("## Run on Kubernetes")
-    end = readme.find("\n## ", start + 1)
-    return readme[start : end if end != -1 else None]
+    # the walk-through lives in docs/kubernetes.md; the README points to it
+    guide = (ROOT / "docs" / "kubernetes.md").read_text()
+    start = guide.index("## Run on Kubernetes")
+    end = guide.find("\n## ", start + 1)
+    return guide[start : end if end != -1 else None]
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ def _params() -> Any:
             "evaluate.gradcam_per_class=0",
             "evaluate.latency_samples=2",
             "audit.enabled=false",
+            # not audited: eligible for champion only by the explicit, recorded override
+            "register.allow_unaudited=true",
         ],
     )
 
@@ -410,7 +412,7 @@ def test_pipeline_run_lands_in_postgres_and_bucket(
     logged = dict(
         h.sql(
             "SELECT source_run_id, artifact_location FROM logged_models "
-            "WHERE source_run_id = ANY(%s)",
+            "WHERE source_run_id = ANY(%s) AND name = 'model'",  # not export's model_int8
             (list(run.models.values()),),
         )
     )
@@ -433,7 +435,7 @@ def test_pipeline_run_lands_in_postgres_and_bucket(
     for run_id, location in logged.items():
         prefix = _key(location)
         assert f"{prefix}/MLmodel" in objects, run_id
-        assert f"{prefix}/data/model.keras" in objects, run_id
+        assert f"{prefix}/artifacts/model.keras" in objects, run_id  # the pyfunc's backend
     assert f"{_key(version[2])}/MLmodel" in objects
     uris = {r[0]: r[3] for r in rows}
     for key, run_id in run.models.items():
@@ -499,7 +501,9 @@ def test_s3_errors_mid_run_are_survived(
         assert f"{_key(location)}/MLmodel" in after.objects, run_id
     (alias_version,) = h.sql(
         "SELECT v.storage_location FROM model_versions v JOIN registered_model_aliases a "
-        "ON a.name = v.name AND a.version = v.version WHERE a.alias = 'champion'"
+        "ON a.name = v.name AND a.version = v.version WHERE a.alias = 'champion' "
+        "AND v.name = %s",  # not the int8 model's champion (<name>-int8)
+        (_params().register.model_name,),
     )
     assert f"{_key(alias_version[0])}/MLmodel" in after.objects
 

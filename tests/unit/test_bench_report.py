@@ -1,7 +1,7 @@
-"""The benchmark report: README table from sample JSON, and the step timings it is built from.
+"""The benchmark report: the Performance table from sample JSON, and the step timings behind it.
 
-``bench/report.py`` turns ``bench/results/*.json`` into the README's Performance table between
-two markers; ``bench/overhead.py`` splits a local run's wall time using the timing line each
+``bench/report.py`` turns ``bench/results/*.json`` into the table of ``docs/performance.md``
+between two markers; ``bench/overhead.py`` splits a local run's wall time using the timing line each
 step writes (:class:`cxrflow.steps.StepTimes`), which the local runner keeps per step.
 """
 
@@ -252,6 +252,17 @@ def test_main_writes_the_readme(tmp_path: Path) -> None:
     args = ["--results", str(tmp_path / "results"), "--readme", str(readme)]
     assert report.main(args) == 0
     assert "data steps at 1,000 phantom images" in readme.read_text()
+
+
+def test_the_default_output_is_docs_performance_with_its_markers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[Path] = []
+    monkeypatch.setattr(report, "update_readme", lambda path, block: written.append(path))
+    assert report.main(["--results", str(tmp_path)]) == 0
+    assert written == [BENCH.parent / "docs" / "performance.md"]
+    text = written[0].read_text()
+    assert 0 <= text.find(report.BEGIN) < text.find(report.END)
 
 
 # ------------------------------------------------------------------ the timings behind it

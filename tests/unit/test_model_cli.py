@@ -120,3 +120,39 @@ def test_refused_credentials_are_a_user_error() -> None:
     assert isinstance(refused, tracking.RegistryAccessError)
     assert "not authenticated: set MLFLOW_TRACKING_USERNAME" in str(refused)
     assert tracking.registry._refused(MlflowException("boom")) is None
+
+
+def test_the_int8_alias_follows_the_champion(registry, capsys) -> None:
+    """``<name>-int8@champion`` is always the export of ``<name>@champion``: it moves to the
+    int8 version exported from the new champion, and is removed (with the command to export
+    it) when that version has none, rather than serving another version's model."""
+    from cxrflow.promotion import move_alias
+
+    int8 = f"{NAME}-int8"
+    registry.create_registered_model(int8)
+    exported = {}
+    for source in (1, 3):  # version 2 was never exported
+        mv = registry.create_model_version(int8, registry.get_model_version(NAME, "1").source)
+        registry.set_model_version_tag(
+            int8, mv.version, names.TAG_EXPORT_SOURCE_MODEL, f"{NAME}/{source}"
+        )
+        exported[source] = int(mv.version)
+    move_alias(int8, "champion", exported[1], action="register", reason="export of 1")
+
+    code, out, _ = _run(capsys, "promote", "3", "--reason", "better")
+    assert code == 0, out
+    assert f"{int8}@champion: version {exported[1]} -> version {exported[3]}" in out
+    assert int(registry.get_model_version_by_alias(int8, "champion").version) == exported[3]
+
+    code, out, _ = _run(capsys, "promote", "2", "--reason", "ward test", "--override-audit")
+    assert code == 0, out
+    assert f"{int8}@champion removed (was version {exported[3]})" in out
+    assert f"cxrflow export --model models:/{NAME}/2" in out
+    assert "champion" not in registry.get_registered_model(int8).aliases
+
+    code, out, _ = _run(capsys, "rollback", "--json")
+    assert code == 0, out
+    assert json.loads(out)["int8"].startswith(f"{int8}@champion: nowhere -> version {exported[3]}")
+    assert int(registry.get_model_version_by_alias(int8, "champion").version) == exported[3]
+    moves = [m["action"] for m in json.loads(_run(capsys, "history", "--json")[1])]
+    assert moves == ["register", "promote", "promote", "rollback"]

@@ -170,3 +170,31 @@ def test_mlflow_experiment_is_model_training_and_runs_have_a_source(
     assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == (
         "custom_model_development"
     )
+
+
+def test_report_and_export_find_the_newest_complete_local_run(tmp_path, monkeypatch) -> None:
+    """`cxrflow report` and `cxrflow export` after `make run` need no paths: they take the
+    newest complete run under runs/kfp (an unfinished newer one is skipped), and say clearly
+    when there is none."""
+    import os
+
+    from cxrflow.report import RunOutputs
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=r"no complete cxrflow run under runs/kfp: run `make run`"
+    ):
+        RunOutputs.latest()
+    for age, (run, steps) in enumerate(
+        [
+            ("cxrflow-new-unfinished", ("ingest/dataset", "split/splits")),
+            ("cxrflow-done", ("ingest/dataset", "split/splits", "evaluate/evaluation")),
+            ("cxrflow-old", ("ingest/dataset", "split/splits", "evaluate/evaluation")),
+        ]
+    ):
+        for step in steps:
+            (tmp_path / "runs/kfp" / run / step).mkdir(parents=True)
+        os.utime(tmp_path / "runs/kfp" / run, (1e9 - age * 100, 1e9 - age * 100))
+    run_dir, outputs = RunOutputs.latest()
+    assert run_dir.name == "cxrflow-done"
+    assert outputs.splits == Path("runs/kfp/cxrflow-done/split/splits")

@@ -117,6 +117,9 @@ def test_logged_pyfunc_equals_predict_on_bytes_and_paths(
     uri = _log(model)
     info = mlflow.models.get_model_info(uri)
     assert info.metadata["classes"] == list(CLASSES)
+    # the classifier's configuration is its own artifact, not params of the run: a run's
+    # params are its resolved params only (MLflow 3 logs a model_config as run params)
+    assert mlflow.get_run(info.run_id).data.params == {}
     assert info.signature.inputs.input_names() == ["image", "path"]
     assert info.signature.outputs.input_names() == ["predicted", "probabilities", "error"]
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path)))

@@ -45,20 +45,23 @@ def _names(name: str | None, alias: str | None) -> tuple[str, str]:
     return name or defaults.model_name, alias or defaults.alias
 
 
-def _show(move: object, as_json: bool) -> None:
+def _show(move: object, int8: str, as_json: bool) -> None:
+    """Print the move and what became of the int8 model's alias."""
     from dataclasses import asdict
 
     from cxrflow.promotion import AliasMove
 
     assert isinstance(move, AliasMove)
     if as_json:
-        print_json(asdict(move))
+        print_json({**asdict(move), "int8": int8 or None})
         return
     before = "nowhere" if move.from_version is None else f"version {move.from_version}"
     print(
         f"@{move.alias}: {before} -> version {move.to_version} ({move.action} by {move.who} at "
         f"{move.when}): {move.reason}"
     )
+    if int8:
+        print(int8)
 
 
 @app.command()
@@ -76,12 +79,13 @@ def promote(
     alias: AliasOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="the move as JSON")] = False,
 ) -> None:
-    """Point the champion alias at VERSION, recorded with who, when and why."""
-    from cxrflow.promotion import promote_version
+    """Point the champion alias at VERSION, recorded with who, when and why; the int8 model's
+    alias follows (to VERSION's int8 export, or removed when it has none)."""
+    from cxrflow.promotion import follow_int8, promote_version
 
     model_name, champion = _names(name, alias)
     move = promote_version(model_name, champion, version, reason, override_audit=override_audit)
-    _show(move, as_json)
+    _show(move, follow_int8(model_name, move), as_json)
 
 
 @app.command()
@@ -91,11 +95,13 @@ def rollback(
     alias: AliasOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="the move as JSON")] = False,
 ) -> None:
-    """Point the champion alias back at the previous champion (recorded)."""
-    from cxrflow.promotion import rollback_champion
+    """Point the champion alias back at the previous champion (recorded); the int8 model's
+    alias follows."""
+    from cxrflow.promotion import follow_int8, rollback_champion
 
     model_name, champion = _names(name, alias)
-    _show(rollback_champion(model_name, champion, reason), as_json)
+    move = rollback_champion(model_name, champion, reason)
+    _show(move, follow_int8(model_name, move), as_json)
 
 
 @app.command()

@@ -120,14 +120,44 @@ def predict(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _data_of_run(
+    run_dir: Path | None, dataset: Path | None, splits: Path | None
+) -> tuple[Path, Path]:
+    """The ingest and split outputs to use: both given, else those of ``run_dir``, else those
+    of the newest local run (said on stderr, so that the user knows which)."""
+    import sys
+
+    from cxrflow.report import RunOutputs
+
+    if dataset is not None and splits is not None:
+        if run_dir is not None:
+            raise ValueError("give --run-dir or --dataset and --splits, not both")
+        return dataset, splits
+    if dataset is not None or splits is not None:
+        raise ValueError("give --dataset and --splits together (or --run-dir)")
+    if run_dir is None:
+        run_dir, outputs = RunOutputs.latest()
+        print(f"using the data of the newest local run: {run_dir}", file=sys.stderr)
+    else:
+        outputs = RunOutputs.from_kfp_run(run_dir)
+    return outputs.dataset, outputs.splits
+
+
 @app.command()
 def export(
     ctx: typer.Context,
-    dataset: Annotated[Path, typer.Option(help="an ingest output directory")],
-    splits: Annotated[Path, typer.Option(help="a split output directory")],
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="a kfp.local run directory whose data to use (default: the newest under "
+            "runs/kfp, unless --dataset and --splits are given)"
+        ),
+    ] = None,
+    dataset: Annotated[Path | None, typer.Option(help="an ingest output directory")] = None,
+    splits: Annotated[Path | None, typer.Option(help="a split output directory")] = None,
     out: Annotated[
         Path, typer.Option(help="directory for model.onnx, model.int8.onnx and export.json")
-    ],
+    ] = Path("reports/export"),
     model: Annotated[
         str | None,
         typer.Option(
@@ -173,6 +203,7 @@ def export(
     champion). Reads params: export, register (default model), models, train.seed, tracking."""
     from cxrflow.export import run_export
 
+    dataset, splits = _data_of_run(run_dir, dataset, splits)
     flags = {
         "calibration_images": calibration_images,
         "check_images": check_images,
@@ -223,7 +254,8 @@ def export(
 @app.command()
 def report(
     run_dir: Annotated[
-        Path | None, typer.Option(help="a kfp.local run directory (runs/kfp/<run>)")
+        Path | None,
+        typer.Option(help="a kfp.local run directory (default: the newest under runs/kfp)"),
     ] = None,
     dataset: Annotated[Path | None, typer.Option(help="or: an ingest output")] = None,
     splits: Annotated[Path | None, typer.Option(help="a split output")] = None,
@@ -243,6 +275,8 @@ def report(
     """Write reports/reproduction.md and a self-contained reproduction.html: the paper's
     numbers beside ours with CIs and McNemar p-values, the data, the audit, Grad-CAM, and what
     differs from the paper; logged to the run's MLflow parent run. Reads all params."""
+    import sys
+
     from cxrflow.report import RunOutputs, build_report
     from cxrflow.steps import log_report
 
@@ -250,8 +284,11 @@ def report(
         outputs = RunOutputs.from_kfp_run(run_dir)
     elif dataset and splits and evaluation:
         outputs = RunOutputs(dataset, splits, evaluation, audit_dir, registered)
+    elif dataset or splits or evaluation:
+        raise ValueError("give --dataset, --splits and --evaluation together (or --run-dir)")
     else:
-        raise ValueError("give --run-dir, or --dataset, --splits and --evaluation")
+        run_dir, outputs = RunOutputs.latest()
+        print(f"reporting the newest local run: {run_dir}", file=sys.stderr)
     params = current_settings().params()
     md, html = build_report(
         outputs,

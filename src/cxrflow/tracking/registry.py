@@ -206,3 +206,29 @@ def set_registered_model_tag(name: str, key: str, value: str) -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri=session.tracking_uri()).set_registered_model_tag(name, key, value)
+
+
+def find_model_version(name: str, tag: str, value: str) -> int | None:
+    """The newest version of registered model ``name`` whose tag ``tag`` is ``value``, or None
+    (also when there is no such registered model)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=session.tracking_uri())
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
+    except MlflowException as exc:
+        refused = _refused(exc)
+        if refused is not None:
+            raise refused from None
+        raise
+    versions = [int(mv.version) for mv in found]
+    return max(versions) if versions else None
+
+
+def delete_model_alias(name: str, alias: str) -> None:
+    """Remove ``alias`` from registered model ``name`` (nothing when it is not set)."""
+    from mlflow.tracking import MlflowClient
+
+    if alias_version(name, alias) is not None:
+        MlflowClient(tracking_uri=session.tracking_uri()).delete_registered_model_alias(name, alias)
