@@ -120,7 +120,8 @@ def pipeline_run(
     print(f"cxrflow pipeline finished (profile {params.profile}); run dir: {result.run_dir}")
     print(format_summary(results), end="")
     print(format_promotion(registered), end="")
-    print(_ui_hint(uri))
+    print(_ui_hint(uri, _experiment_id(uri, params.tracking.experiment_name)))
+    print(_next_steps(result.run_dir, registered))
 
 
 def _container_session(containers: bool, uri: str) -> Any:
@@ -134,13 +135,47 @@ def _container_session(containers: bool, uri: str) -> Any:
     return container_session(uri, out=sys.stdout)
 
 
-def _ui_hint(uri: str) -> str:
-    """Where to look at the run: a tracking server is its own UI; a local store needs one."""
+def _experiment_id(uri: str, name: str) -> str | None:
+    from cxrflow.tracking import RunStore
+
+    try:
+        return RunStore(uri).experiment_id(name)
+    except Exception:  # only a hint: never fail a finished run over it
+        return None
+
+
+RUNS_PAGE = "#/experiments/{id}/runs?workflowType=machine_learning"
+"""The experiment's runs table. MLflow 3.17's UI opens an experiment on its GenAI traces
+overview unless the URL asks for the machine-learning view (the experiment's kind tag alone
+does not decide it)."""
+
+
+def _ui_hint(uri: str, experiment_id: str | None = None) -> str:
+    """Where to look at the run: a tracking server is its own UI; a local store needs one.
+    With the experiment's id, the address of its runs table."""
+    page = "" if experiment_id is None else RUNS_PAGE.format(id=experiment_id)
     if uri.startswith(("http://", "https://")):
-        return f"MLflow UI: {uri}"
+        return f"MLflow UI: {uri.rstrip('/')}/{page}" if page else f"MLflow UI: {uri}"
     return (
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} "
-        f"--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)"
+        f"--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000/{page})"
+    )
+
+
+def _next_steps(run_dir: Path, registered: dict[str, Any]) -> str:
+    """What a newcomer does next, as commands to copy: predict with the model just registered
+    (champion or challenger), compare the runs, write the report."""
+    import shlex
+
+    images = run_dir / "ingest" / "dataset" / "images"
+    some = sorted(p for p in images.glob("*") if p.is_dir())[:1]
+    target = shlex.quote(str(some[0])) if some else "<image files or folders>"
+    uri = f"models:/{registered['model_name']}@{registered['alias']}"
+    return (
+        "next (cxrflow is .venv/bin/cxrflow):\n"
+        f"  cxrflow predict --model-uri {uri} {target}\n"
+        "  cxrflow compare   # models x metrics with intervals -> reports/compare/compare.html\n"
+        "  cxrflow report    # this run's reproduction report -> reports/reproduction.html"
     )
 
 

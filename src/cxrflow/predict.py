@@ -220,6 +220,41 @@ def explain_missing_champion(
     )
 
 
+def audit_warning(model_uri: str) -> str | None:
+    """A warning when ``model_uri`` names a registered version that did not pass the shortcut
+    audit (``models:/<name>@<alias>`` or ``models:/<name>/<version>``), else None.
+
+    Its predictions may follow the shortcut the audit found (on the phantom and the sample
+    data: adults called COVID-19), so whoever reads them should know. Other URIs (runs,
+    logged models) and a registry that cannot be read give no warning.
+    """
+    import re
+
+    from cxrflow import names, tracking
+
+    m = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri)
+    if m is None:
+        return None
+    name, alias, number = m.groups()
+    try:
+        mv = tracking.alias_version(name, alias) if alias else tracking.model_version(name, number)
+    except Exception:  # a warning only: the prediction itself reports real errors
+        return None
+    if mv is None:
+        return None
+    tags = mv.get("tags", {})
+    verdict = tags.get(names.TAG_AUDIT_PASSED)
+    if verdict == "true":
+        return None
+    what = "failed the shortcut audit" if verdict == "false" else "was not audited"
+    why = str(tags.get(names.TAG_AUDIT_REASONS, ""))
+    why = f" ({why[:200]}{'...' if len(why) > 200 else ''})" if why else ""
+    return (
+        f"cxrflow: warning: {model_uri} is version {mv['version']}, which {what}{why}: its "
+        "predictions may follow a shortcut rather than the disease"
+    )
+
+
 def _default_max_pixels() -> int:
     # the ingest default, read from the config rather than copied
     from cxrflow.config import IngestParams

@@ -140,6 +140,22 @@ def test_the_ui_hint_after_a_run_is_the_tracking_server_itself() -> None:
     assert _ui_hint("http://127.0.0.1:15000") == "MLflow UI: http://127.0.0.1:15000"
     local = _ui_hint("sqlite:////tmp/x/mlruns.db")
     assert "mlflow ui --backend-store-uri sqlite:////tmp/x/mlruns.db" in local
+    # with the experiment: its runs table, not MLflow 3's GenAI overview
+    runs = "#/experiments/7/runs?workflowType=machine_learning"
+    assert _ui_hint("http://mlflow:5000/", "7") == f"MLflow UI: http://mlflow:5000/{runs}"
+    assert f"open http://127.0.0.1:5000/{runs})" in _ui_hint("sqlite:////tmp/x/mlruns.db", "7")
+
+
+def test_the_end_of_a_run_says_what_to_type_next(tmp_path: Path) -> None:
+    from pipelines.cli import _next_steps
+
+    (tmp_path / "ingest/dataset/images/0a").mkdir(parents=True)
+    text = _next_steps(tmp_path, {"model_name": "m", "alias": "challenger"})
+    assert (
+        f"cxrflow predict --model-uri models:/m@challenger {tmp_path}/ingest/dataset/images/0a"
+        in text
+    )
+    assert "cxrflow compare" in text and "cxrflow report" in text
 
 
 @pytest.mark.slow

@@ -156,3 +156,20 @@ def test_the_int8_alias_follows_the_champion(registry, capsys) -> None:
     assert int(registry.get_model_version_by_alias(int8, "champion").version) == exported[3]
     moves = [m["action"] for m in json.loads(_run(capsys, "history", "--json")[1])]
     assert moves == ["register", "promote", "promote", "rollback"]
+
+
+def test_predict_warns_when_the_model_did_not_pass_the_audit(registry) -> None:
+    from cxrflow.predict import audit_warning
+
+    registry.set_model_version_tag(NAME, "2", names.TAG_AUDIT_REASONS, "controls called covid")
+    registry.set_registered_model_alias(NAME, "challenger", "2")
+    warning = audit_warning(f"models:/{NAME}@challenger")
+    assert warning == (
+        f"cxrflow: warning: models:/{NAME}@challenger is version 2, which failed the shortcut "
+        "audit (controls called covid): its predictions may follow a shortcut rather than the "
+        "disease"
+    )
+    assert "version 2, which failed" in (audit_warning(f"models:/{NAME}/2") or "")
+    assert audit_warning(f"models:/{NAME}@champion") is None  # version 1 passed
+    assert audit_warning("runs:/0123/model") is None
+    assert audit_warning(f"models:/{NAME}@nobody") is None

@@ -91,6 +91,7 @@ def predict(
     alias), ingest.max_pixels (decompression-bomb limit); with --model-uri or --onnx and no
     ./params.yaml, the defaults."""
     from cxrflow.predict import (
+        audit_warning,
         format_errors,
         format_json,
         format_table,
@@ -108,6 +109,9 @@ def predict(
         champion = "" if given else _champion_uri(params, ctx, "--model-uri")
         max_pixels = params.ingest.max_pixels
     model, classes, size = load_predictor(model_uri, onnx, champion)
+    warning = audit_warning(model_uri) if model_uri else None
+    if warning:
+        print(warning, file=sys.stderr)
     preds = predict_paths(model, [str(p) for p in paths], classes, size, max_pixels=max_pixels)
     ok = [p for p in preds if not p.error]
     if as_json:
