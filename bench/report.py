@@ -1,11 +1,12 @@
-"""Turn ``bench/results/*.json`` into the README's Performance table.
+"""Turn ``bench/results/*.json`` into the Performance table of ``docs/performance.md``.
 
-The table goes between ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in README.md (nothing
+The table goes between ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in that file (nothing
 else in the file changes). One block of rows per benchmark, with its target and verdict as the
 JSON states them; a benchmark whose JSON is missing is named in a note instead. Benchmarks this
 module does not know get their ``verdict`` entries as rows.
 
-Usage: ``python bench/report.py [--results DIR] [--readme PATH] [--print]``.
+Usage: ``python bench/report.py [--results DIR] [--output PATH] [--print]`` (``--readme`` is an
+older name of ``--output``).
 """
 
 from __future__ import annotations
@@ -434,8 +435,14 @@ def update_readme(readme: Path, block: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(HERE / "results"))
-    ap.add_argument("--readme", default=str(HERE.parent / "README.md"))
-    ap.add_argument("--print", action="store_true", help="print the table, leave README alone")
+    ap.add_argument(
+        "--output",
+        "--readme",
+        dest="output",
+        default=str(HERE.parent / "docs" / "performance.md"),
+        help="the file whose table between the markers is rewritten (default: docs/performance.md)",
+    )
+    ap.add_argument("--print", action="store_true", help="print the table, change no file")
     ap.add_argument(
         "--failed", nargs="*", default=[], metavar="NAME=HOW", help="benchmarks that failed"
     )
@@ -445,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         print(block)
         return 0
-    changed = update_readme(Path(args.readme), block)
-    print(f"report: {args.readme} {'updated' if changed else 'unchanged'}", file=sys.stderr)
+    changed = update_readme(Path(args.output), block)
+    print(f"report: {args.output} {'updated' if changed else 'unchanged'}", file=sys.stderr)
     return 0
 
 

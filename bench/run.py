@@ -1,8 +1,8 @@
-"""Run every benchmark under bench/ (each writes JSON to bench/results/), then the README table.
+"""Run every benchmark under bench/ (each writes JSON to bench/results/), then the report table.
 
 In order: ``inference.py``, ``input_pipeline.py``, ``overhead.py``, ``ingest_scale.py``. Each
 runs in its own process; one that fails (or whose verdict fails: exit status 1) is reported and
-the others still run. Then ``report.py`` rewrites the README's Performance table from every
+the others still run. Then ``report.py`` rewrites the table in docs/performance.md from every
 JSON in ``bench/results/``. Exit status: non-zero if any benchmark failed.
 
 Usage: ``python bench/run.py [--quick] [--only NAME ...] [--skip NAME ...] [--no-report]``.
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="each benchmark's small variant")
     ap.add_argument("--only", nargs="+", choices=sorted(BENCHES), default=None)
     ap.add_argument("--skip", nargs="+", choices=sorted(BENCHES), default=[])
-    ap.add_argument("--no-report", action="store_true", help="leave README.md alone")
+    ap.add_argument("--no-report", action="store_true", help="leave docs/performance.md alone")
     args = ap.parse_args(argv)
     names = [n for n in (args.only or BENCHES) if n not in args.skip]
     outcome: dict[str, str] = {}

@@ -3,7 +3,7 @@
 # linters, each pinned in infra/lint/versions.env and run by `uv tool run` in its own cached
 # environment (never the project's .venv):
 #   kubectl kustomize    renders every kustomization under infra/k8s (components excepted)
-#   kubernetes-validate  the rendered objects, --strict, for the Kubernetes version the README names
+#   kubernetes-validate  the rendered objects, --strict, for the Kubernetes version docs/kubernetes.md names
 #   checkov              the rendered objects and infra/Dockerfile: no failed check, and every
 #                        skipped one suppressed in place with a reason
 #   hadolint             infra/Dockerfile: no finding of any severity

@@ -1,7 +1,7 @@
 """The registered model as a client meets it: an MLflow pyfunc that takes images, not tensors.
 
-``mlflow models serve -m models:/cxrflow@champion`` (and KServe, and ``mlflow.pyfunc``) get a
-model whose input is what a client has: a DataFrame with a column ``image`` (the file's bytes,
+``mlflow models serve -m models:/cxrflow-covid-cxr@champion`` (and KServe, and
+``mlflow.pyfunc``) get a model whose input is what a client has: a DataFrame with a column ``image`` (the file's bytes,
 base64 in a string, for HTTP clients) or ``path`` (a file the server can read): PNG, JPEG or
 DICOM, every format :func:`cxrflow.datasets.preprocess_image` reads (DICOM through
 :func:`cxrflow.data.dicom.read_dicom`, recognised by its magic bytes). The training
@@ -176,7 +176,10 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defi
     def load_context(self, context: Any) -> None:
         """Load the backend: Keras, or ONNX Runtime (which never imports TensorFlow)."""
         artifacts = dict(context.artifacts)
-        self.config = json.loads(Path(artifacts[CONFIG_ARTIFACT]).read_text(encoding="utf-8"))
+        if CONFIG_ARTIFACT in artifacts:
+            self.config = json.loads(Path(artifacts[CONFIG_ARTIFACT]).read_text(encoding="utf-8"))
+        else:  # logged before the configuration was an artifact: MLflow's model_config
+            self.config = dict(context.model_config or {})
         if KERAS_ARTIFACT in artifacts:
             import keras
 

@@ -179,3 +179,28 @@ def test_int8_onnx_is_served_like_keras_and_refused_where_keras_is_needed(
     assert got[0].probabilities == pytest.approx(want[0].probabilities, abs=1e-4)
     with pytest.raises(ValueError, match="int8 ONNX model"):
         tracking.load_model(f"models:/{name}@champion")
+
+
+def test_a_model_logged_before_the_config_artifact_still_loads(
+    model: Any, store: str, tmp_path: Path
+) -> None:
+    """Versions registered before the configuration became an artifact kept it in MLflow's
+    ``model_config``: they still load and predict."""
+    import mlflow
+    from cxrflow import tracking
+    from cxrflow.serving import KERAS_ARTIFACT, ImageClassifier, load_classifier
+
+    path = tmp_path / "model.keras"
+    model.save(path)
+    tracking.configure("serving-test")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ImageClassifier(),
+            artifacts={KERAS_ARTIFACT: str(path)},
+            model_config={"classes": list(CLASSES), "image_size": SIZE, "backend": "keras"},
+            pip_requirements=["mlflow"],
+        )
+    loaded = load_classifier(info.model_uri)
+    assert loaded.config["classes"] == list(CLASSES)
+    assert loaded.config["image_size"] == SIZE
