@@ -11,7 +11,7 @@ export UV_LINK_MODE ?= copy
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv run test lint lint-infra format typecheck unit compile bench stack stack-down clean image
+.PHONY: help venv run test lint lint-infra format typecheck unit compile bench stack stack-down clean image pictures
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-10s %s\n",$$1,$$2}'
@@ -34,19 +34,22 @@ unit: venv ## the fast loop: tests not marked slow or s3 (a few minutes)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not s3"
 
 lint: venv ## ruff lint + format check, deptry (imports = declared dependencies)
-	$(BIN)/ruff check src components pipelines tests bench infra/stack infra/image
-	$(BIN)/ruff format --check src components pipelines tests bench infra/stack infra/image
+	$(BIN)/ruff check src components pipelines tests bench infra/stack infra/image docs/pictures
+	$(BIN)/ruff format --check src components pipelines tests bench infra/stack infra/image docs/pictures
 	$(BIN)/deptry src pipelines components infra/stack bench infra/image
 
 format: venv ## apply ruff formatting and fixes
-	$(BIN)/ruff check --fix src components pipelines tests bench infra/stack infra/image
-	$(BIN)/ruff format src components pipelines tests bench infra/stack infra/image
+	$(BIN)/ruff check --fix src components pipelines tests bench infra/stack infra/image docs/pictures
+	$(BIN)/ruff format src components pipelines tests bench infra/stack infra/image docs/pictures
+
+pictures: venv ## regenerate the README's pictures from the finished run here (make run first; needs chromium)
+	$(BIN)/python docs/pictures/make_pictures.py --run-dir . --out docs/pictures
 
 lint-infra: venv ## kubectl kustomize, kubernetes-validate, checkov, hadolint, yamllint (pinned, isolated)
 	infra/lint/lint-infra.sh
 
-typecheck: venv ## mypy on src/
-	$(BIN)/mypy src
+typecheck: venv ## mypy on src/ and the pictures script
+	$(BIN)/mypy src docs/pictures
 
 compile: venv ## compile the KFP pipeline YAML (paper and demo profiles) and the params schema
 	$(BIN)/cxrflow --profile paper pipeline compile --output build/cxrflow-pipeline.yaml

@@ -378,8 +378,8 @@ def follow_int8(model_name: str, move: AliasMove) -> str:
         action=move.action,
         reason=f"follows {model_name}@{move.alias} -> version {move.to_version}: {move.reason}",
     )
-    before = "nowhere" if follow.from_version is None else f"version {follow.from_version}"
-    return f"{int8}@{move.alias}: {before} -> version {version} (the export of {source})"
+    was = "nowhere" if follow.from_version is None else f"version {follow.from_version}"
+    return f"{int8}@{move.alias}: {was} -> version {version} (the export of {source})"
 
 
 def alias_history(model_name: str) -> list[AliasMove]:

@@ -198,30 +198,14 @@ def test_served_dicom_equals_cxrflow_predict(
     server: str, registered: dict[str, Any], tmp_path: Path
 ) -> None:
     pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
     from cxrflow.data.synthetic import render_radiograph
+    from tests.dicom_files import make_dicom
 
     pixels = render_radiograph("bacterial", np.random.default_rng(4), (90, 80))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1"  # inverted: white is 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = (255 - pixels).astype(np.uint8).tobytes()
-    path = tmp_path / "chest.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    # MONOCHROME1: inverted on disk, white is 0
+    path = make_dicom(
+        tmp_path / "chest.dcm", (255 - pixels).astype(np.uint8), photometric="MONOCHROME1"
+    )
     _check(server, registered, path)
 
 

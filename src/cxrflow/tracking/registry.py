@@ -135,6 +135,17 @@ def _refused(exc: BaseException) -> RegistryAccessError | None:
     return None
 
 
+def _absent_or_raise(exc: BaseException, absent: tuple[str, ...]) -> None:
+    """Return when ``exc`` says the thing looked up does not exist (its error code is one of
+    ``absent``); raise a :class:`RegistryAccessError` for refused credentials, else ``exc``."""
+    if getattr(exc, "error_code", "") in absent:
+        return
+    refused = _refused(exc)
+    if refused is not None:
+        raise refused from None
+    raise exc
+
+
 def registered_model(name: str) -> dict[str, Any] | None:
     """A registered model (``{"name", "tags", "aliases"}``), or None when there is none.
 
@@ -148,12 +159,8 @@ def registered_model(name: str) -> dict[str, Any] | None:
     try:
         rm = MlflowClient(tracking_uri=session.tracking_uri()).get_registered_model(name)
     except MlflowException as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        refused = _refused(exc)
-        if refused is not None:
-            raise refused from None
-        raise
+        _absent_or_raise(exc, ("RESOURCE_DOES_NOT_EXIST",))
+        return None
     return {
         "name": rm.name,
         "tags": dict(rm.tags or {}),
@@ -169,12 +176,8 @@ def model_version(name: str, version: int | str) -> dict[str, Any] | None:
     try:
         mv = MlflowClient(tracking_uri=session.tracking_uri()).get_model_version(name, str(version))
     except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        refused = _refused(exc)
-        if refused is not None:
-            raise refused from None
-        raise
+        _absent_or_raise(exc, ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"))
+        return None
     return {
         "version": int(mv.version),
         "tags": dict(mv.tags or {}),
@@ -218,10 +221,8 @@ def find_model_version(name: str, tag: str, value: str) -> int | None:
     try:
         found = client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
     except MlflowException as exc:
-        refused = _refused(exc)
-        if refused is not None:
-            raise refused from None
-        raise
+        _absent_or_raise(exc, ("RESOURCE_DOES_NOT_EXIST",))  # no such registered model
+        return None
     versions = [int(mv.version) for mv in found]
     return max(versions) if versions else None
 
