@@ -12,6 +12,7 @@ file gets its own error and the other files are still predicted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -243,6 +244,13 @@ def audit_warning(model_uri: str) -> str | None:
     if mv is None:
         return None
     tags = mv.get("tags", {})
+    which = f"version {mv['version']}"
+    source = str(tags.get(names.TAG_EXPORT_SOURCE_MODEL, ""))
+    if source and names.TAG_AUDIT_PASSED not in tags:  # an int8 export: its model's verdict
+        source_name, _, source_version = source.rpartition("/")
+        with contextlib.suppress(Exception):
+            tags = (tracking.model_version(source_name, source_version) or {}).get("tags", {})
+        which += f" (the int8 export of {source})"
     verdict = tags.get(names.TAG_AUDIT_PASSED)
     if verdict == "true":
         return None
@@ -250,8 +258,8 @@ def audit_warning(model_uri: str) -> str | None:
     why = str(tags.get(names.TAG_AUDIT_REASONS, ""))
     why = f" ({why[:200]}{'...' if len(why) > 200 else ''})" if why else ""
     return (
-        f"cxrflow: warning: {model_uri} is version {mv['version']}, which {what}{why}: its "
-        "predictions may follow a shortcut rather than the disease"
+        f"cxrflow: warning: {model_uri} is {which}, which {what}{why}: its predictions may "
+        "follow a shortcut rather than the disease"
     )
 
 

@@ -173,3 +173,16 @@ def test_predict_warns_when_the_model_did_not_pass_the_audit(registry) -> None:
     assert audit_warning(f"models:/{NAME}@champion") is None  # version 1 passed
     assert audit_warning("runs:/0123/model") is None
     assert audit_warning(f"models:/{NAME}@nobody") is None
+    # an int8 export carries no verdict of its own: it has its source version's
+    int8 = f"{NAME}-int8"
+    registry.create_registered_model(int8)
+    for source in (1, 2):
+        mv = registry.create_model_version(int8, registry.get_model_version(NAME, "1").source)
+        registry.set_model_version_tag(
+            int8, mv.version, names.TAG_EXPORT_SOURCE_MODEL, f"{NAME}/{source}"
+        )
+    assert audit_warning(f"models:/{int8}/1") is None  # the export of version 1, which passed
+    assert (audit_warning(f"models:/{int8}/2") or "").startswith(
+        f"cxrflow: warning: models:/{int8}/2 is version 2 (the int8 export of {NAME}/2), which "
+        "failed the shortcut audit"
+    )
