@@ -216,3 +216,13 @@ def test_core_never_imports_the_adapters() -> None:
         check=False,
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_the_sample_profile_pretrains_resnet50_before_fine_tuning_it(tmp_path: Path) -> None:
+    """model_5 waits for model_4 (its base) and nothing else of the models; the register step
+    gets it as a candidate, model_4 (a Dataset_0 model) as none."""
+    params, spec, _ = _compile(tmp_path, "sample")
+    tasks = {_norm(k): v for k, v in _steps(spec).items()}
+    deps = {_norm(d) for d in tasks["model_5"]["dependentTasks"]}
+    assert "model_4" in deps and not deps & {"model_0", "model_1", "model_2", "model_3"}
+    assert params.register.candidates == ("model_1", "model_2", "model_3", "model_5")

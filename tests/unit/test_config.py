@@ -55,7 +55,20 @@ def test_profiles_load_and_are_frozen(profile: str) -> None:
     assert p.profile == profile
     with pytest.raises(ValidationError, match="frozen"):
         p.train.epochs = 3  # type: ignore[misc]
-    assert tuple(sorted(p.models)) == MODEL_KEYS
+    extra = {"sample": ("model_4", "model_5")}.get(profile, ())
+    assert tuple(sorted(p.models)) == (*MODEL_KEYS, *extra)
+
+
+def test_the_sample_profile_adds_the_imagenet_free_resnet50_pair() -> None:
+    """model_4: a ResNet-50 pretrained on Dataset_0; model_5: fine-tuned from it on Dataset_1
+    exactly as model_3 is from ImageNet (the last 11 layers), and a promotion candidate."""
+    p = load_params(PARAMS, "sample")
+    m3, m4, m5 = (p.models[k] for k in ("model_3", "model_4", "model_5"))
+    assert (m4.dataset, m4.architecture, m4.init) == ("dataset_0", "resnet50", "scratch")
+    assert (m5.dataset, m5.architecture, m5.init) == ("dataset_1", "resnet50", "model_4")
+    assert m5.unfreeze_last == m3.unfreeze_last == 11
+    assert "model_5" in p.register.candidates and "model_4" not in p.register.candidates
+    assert p.train.image_size == 96  # the reduced settings, not the paper's 224
 
 
 def test_profiles_override_only_a_few_keys() -> None:

@@ -237,6 +237,38 @@ def test_train_model_scratch_and_transfer_phases() -> None:
     assert r2.pretrained == "model_0"
 
 
+def test_resnet50_pretrained_on_dataset_0_is_fine_tuned_like_model_3() -> None:
+    """The ImageNet-free transfer (the sample profile's model_4 -> model_5): a ResNet-50 trained
+    from scratch on Dataset_0 starts model_5, which trains a new head first and then only the
+    last 11 backbone layers, so every earlier layer keeps model_4's weights."""
+    params = _params(epochs=1)
+    data = _tiny_data()
+    r4 = train_model(Spec("dataset_0", "resnet50"), params, CLASSES, data, verbose=0)
+    assert [p["phase"] for p in r4.phases] == ["full"]
+    base4 = r4.model.get_layer(BACKBONE)
+    before = [[w.copy() for w in layer.get_weights()] for layer in base4.layers]
+    r5 = train_model(
+        Spec("dataset_1", "resnet50", "model_4", 11),
+        params,
+        CLASSES,
+        data,
+        base_model=r4.model,
+        verbose=0,
+        model_key="model_5",
+    )
+    assert [p["phase"] for p in r5.phases] == ["head", "finetune"]
+    assert r5.pretrained == "model_4"
+    head, fine = r5.phases
+    assert head["trainable_params"] < fine["trainable_params"]
+    base5 = r5.model.get_layer(BACKBONE)
+    kept = [
+        all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), old, strict=True))
+        for layer, old in zip(base5.layers, before, strict=True)
+    ]
+    assert all(kept[:-11])  # frozen: model_4's features
+    assert not all(kept[-11:])  # the last 11 layers were fine-tuned
+
+
 def test_model_3_without_weights_fails_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """No weights file and no allow_random_init: a paper run stops before touching the data."""
     import cxrflow.train

@@ -17,7 +17,7 @@ DATASETS: dict[str, tuple[str, ...]] = {
     "dataset_1": DATASET_1_CLASSES,
 }
 PAPER = "paper"
-PROFILES: tuple[str, ...] = (PAPER, "demo", "smoke")
+PROFILES: tuple[str, ...] = (PAPER, "sample", "demo", "smoke")
 """The profiles params.yaml ships with (``paper`` applies none)."""
 
 MODEL_KEYS: tuple[str, ...] = ("model_0", "model_1", "model_2", "model_3")
