@@ -47,6 +47,23 @@ def _stale(work: Path, env: dict[str, str], dvc: list[str]) -> set[str]:
     return set(json.loads(out or "{}"))
 
 
+def _env(tmp: Path) -> dict[str, str]:
+    """The environment of a DVC project test: this venv's commands first, MLflow in ``tmp``,
+    no DVC analytics, a git identity."""
+    bindir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns.db'}",
+        "CXRFLOW_ARTIFACT_ROOT": (tmp / "mlartifacts").as_uri(),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@localhost",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@localhost",
+    }
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], list[str]]:
     tmp = tmp_path_factory.mktemp("dvc")
@@ -61,18 +78,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
         profiles__smoke__evaluate__bootstrap_samples=100,
         profiles__smoke__evaluate__gradcam_per_class=0,
     )
-    bindir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlruns.db'}",
-        "CXRFLOW_ARTIFACT_ROOT": (tmp / "mlartifacts").as_uri(),
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@localhost",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@localhost",
-    }
+    env = _env(tmp)
     dvc = [sys.executable, "-m", "dvc"]
     _run(["git", "init", "-q"], work, env)
     _run([*dvc, "init", "-q"], work, env)
@@ -164,18 +170,7 @@ def test_data_rollback_reruns_ingest_and_gives_v1_back(tmp_path: Path) -> None:
     (work / "dvc.yaml").write_text(render(work / "params.yaml"))
     ingest = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]["ingest"]
     assert ingest["deps"] == ["${data.sources.kermany[0]}", "${data.sources.cohen[0]}"]
-    bindir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
-        "CXRFLOW_ARTIFACT_ROOT": (tmp_path / "mlartifacts").as_uri(),
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@localhost",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@localhost",
-    }
+    env = _env(tmp_path)
     dvc = [sys.executable, "-m", "dvc"]
     repro = [*dvc, "repro", "params", "ingest"]
     _run(["git", "init", "-q"], work, env)
