@@ -29,7 +29,8 @@ PAGE_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1400px;
 margin:1.5em auto;padding:0 1em;line-height:1.4;color:#1b1f24}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;max-width:100%;
+overflow-x:auto}
 td,th{border:1px solid #d0d7de;padding:3px 7px;text-align:left;vertical-align:top}
 td{white-space:nowrap}td.wrap{white-space:normal;min-width:24em}
 th{background:#f6f8fa}td.num{font-variant-numeric:tabular-nums}
