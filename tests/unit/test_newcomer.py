@@ -198,3 +198,16 @@ def test_report_and_export_find_the_newest_complete_local_run(tmp_path, monkeypa
     run_dir, outputs = RunOutputs.latest()
     assert run_dir.name == "cxrflow-done"
     assert outputs.splits == Path("runs/kfp/cxrflow-done/split/splits")
+
+
+def test_phantoms_made_with_other_settings_are_other_data_versions() -> None:
+    """The demo and smoke phantoms (620 and 72 images) were both ``phantom-seed20200927``:
+    compare put their runs under one data version."""
+    from cxrflow.config import load_params
+    from cxrflow.steps.ingest import phantom_version
+
+    root = Path(__file__).resolve().parents[2]
+    demo, smoke = (load_params(root / "params.yaml", p).data.synth for p in ("demo", "smoke"))
+    assert phantom_version(demo).startswith("phantom-seed20200927-")
+    assert phantom_version(demo) != phantom_version(smoke)
+    assert phantom_version(demo) == phantom_version(demo.model_copy())  # stable

@@ -14,7 +14,7 @@ from cxrflow.steps.lineage import data_tags, log_manifest, new_pipeline_run_id
 from cxrflow.steps.spec import Port, StepSpec
 
 if TYPE_CHECKING:
-    from cxrflow.config import Params
+    from cxrflow.config import Params, SynthParams
 
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,22 @@ def _read_sources(params: Params, tmp: Path) -> tuple[dict[str, list[Path]], str
         phantom = generate_phantom(tmp, data.synth).sources
         return (
             {k: [Path(r) for r in v] for k, v in phantom.items()},
-            (f"phantom-seed{data.synth.seed}"),
+            phantom_version(data.synth),
             registry,
         )
     roots = {name: [Path(r) for r in rs] for name, rs in data.sources.items()}
     return roots, "unversioned", registry
+
+
+def phantom_version(synth: SynthParams) -> str:
+    """The data version of a phantom: ``phantom-seed<seed>-<8 hex>``, the hex a digest of the
+    whole ``data.synth`` section, so that phantoms made with other settings (the demo and smoke
+    profiles: 620 and 72 images) are two data versions, not one."""
+    import hashlib
+    import json
+
+    text = json.dumps(synth.model_dump(mode="json"), sort_keys=True)
+    return f"phantom-seed{synth.seed}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def run_ingest(
