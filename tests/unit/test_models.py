@@ -237,6 +237,33 @@ def test_train_model_scratch_and_transfer_phases() -> None:
     assert r2.pretrained == "model_0"
 
 
+def test_a_transfer_from_a_saved_model_is_the_same_every_run(tmp_path: Path) -> None:
+    """model_2 starts from model_0's saved file. Keras draws a loaded model's dropout seed state
+    anew in each load (it is not saved), so the same data, params and seed gave another model
+    each run; two loads here stand for two runs."""
+    params = _params(epochs=2)
+    data = _tiny_data()
+    r0 = train_model(Spec("dataset_0", "small_cnn"), params, CLASSES, data, verbose=0)
+    path = tmp_path / "model_0.keras"
+    r0.model.save(path)
+    runs = []
+    for _ in range(2):
+        base = keras.models.load_model(path)
+        runs.append(
+            train_model(
+                Spec("dataset_1", "small_cnn", "model_0"),
+                params,
+                CLASSES,
+                data,
+                base_model=base,
+                verbose=0,
+            )
+        )
+    assert runs[0].history == runs[1].history
+    for a, b in zip(runs[0].model.get_weights(), runs[1].model.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_resnet50_pretrained_on_dataset_0_is_fine_tuned_like_model_3() -> None:
     """The ImageNet-free transfer (the sample profile's model_4 -> model_5): a ResNet-50 trained
     from scratch on Dataset_0 starts model_5, which trains a new head first and then only the
