@@ -102,6 +102,30 @@ class RunOutputs:
         )
 
 
+def data_of_run(
+    run_dir: Path | None, dataset: Path | None, splits: Path | None
+) -> tuple[Path, Path, Path | None]:
+    """The ingest and split outputs to use: both given, else those of ``run_dir``, else those
+    of the newest local run (:meth:`RunOutputs.latest`), which is returned third so that the
+    caller can say which (None when the caller named the data).
+
+    Raises:
+        ValueError: A mix of ``run_dir`` and paths, or one path without the other.
+        FileNotFoundError: No complete run where one was looked for.
+    """
+    if dataset is not None and splits is not None:
+        if run_dir is not None:
+            raise ValueError("give --run-dir or --dataset and --splits, not both")
+        return dataset, splits, None
+    if dataset is not None or splits is not None:
+        raise ValueError("give --dataset and --splits together (or --run-dir)")
+    if run_dir is None:
+        newest, outputs = RunOutputs.latest()
+        return outputs.dataset, outputs.splits, newest
+    outputs = RunOutputs.from_kfp_run(run_dir)
+    return outputs.dataset, outputs.splits, None
+
+
 def _read(artifact: Any, path: Path | None) -> Any:
     """A step's typed output file as plain data (None where the step left none)."""
     if not artifact.exists(path):

@@ -38,6 +38,7 @@ from cxrflow.models import (
     freeze_all_but_classifier,
     get_architecture,
     replace_classifier,
+    reseed_random_layers,
 )
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "TrainResult",
     "freeze_all_but_classifier",
     "replace_classifier",
-    "reseed_random_layers",
     "set_seed",
     "train_model",
     "unfreeze",
@@ -95,33 +95,6 @@ def set_seed(seed: int) -> None:
     import keras
 
     keras.utils.set_random_seed(seed)
-
-
-def reseed_random_layers(model: Any, seed: int) -> int:
-    """Give every random layer of ``model`` (Dropout, ...) a seed-generator state derived from
-    ``seed``, in layer order; returns how many it set.
-
-    Keras does not save a seed generator's state with a model: loading one (a transfer's base
-    model) draws a new state in each process, so the dropout masks, and with them the trained
-    model, differed from run to run for the same data, params and seed (model_2's test accuracy
-    was 0.635, 0.698 and 0.714 in three runs of one commit).
-    """
-    import numpy as np
-
-    count = 0
-    stack = list(reversed(model.layers))
-    while stack:
-        layer = stack.pop()
-        stack.extend(reversed(getattr(layer, "layers", [])))  # nested models (a backbone)
-        generator = getattr(layer, "seed_generator", None)
-        if generator is None:
-            continue
-        state = generator.state
-        value = np.zeros(tuple(state.shape), dtype=state.dtype)
-        value.flat[0] = (seed + count) % (2**31)
-        state.assign(value)
-        count += 1
-    return count
 
 
 def _compile(model: Any, lr: float, p: TrainParams) -> None:

@@ -124,29 +124,6 @@ def predict(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _data_of_run(
-    run_dir: Path | None, dataset: Path | None, splits: Path | None
-) -> tuple[Path, Path]:
-    """The ingest and split outputs to use: both given, else those of ``run_dir``, else those
-    of the newest local run (said on stderr, so that the user knows which)."""
-    import sys
-
-    from cxrflow.report import RunOutputs
-
-    if dataset is not None and splits is not None:
-        if run_dir is not None:
-            raise ValueError("give --run-dir or --dataset and --splits, not both")
-        return dataset, splits
-    if dataset is not None or splits is not None:
-        raise ValueError("give --dataset and --splits together (or --run-dir)")
-    if run_dir is None:
-        run_dir, outputs = RunOutputs.latest()
-        print(f"using the data of the newest local run: {run_dir}", file=sys.stderr)
-    else:
-        outputs = RunOutputs.from_kfp_run(run_dir)
-    return outputs.dataset, outputs.splits
-
-
 @app.command()
 def export(
     ctx: typer.Context,
@@ -206,8 +183,11 @@ def export(
     the pipeline's export step with --registered, else any model (--model, default the
     champion). Reads params: export, register (default model), models, train.seed, tracking."""
     from cxrflow.export import run_export
+    from cxrflow.report import data_of_run
 
-    dataset, splits = _data_of_run(run_dir, dataset, splits)
+    dataset, splits, newest = data_of_run(run_dir, dataset, splits)
+    if newest is not None:
+        print(f"using the data of the newest local run: {newest}", file=sys.stderr)
     flags = {
         "calibration_images": calibration_images,
         "check_images": check_images,
@@ -279,8 +259,6 @@ def report(
     """Write reports/reproduction.md and a self-contained reproduction.html: the paper's
     numbers beside ours with CIs and McNemar p-values, the data, the audit, Grad-CAM, and what
     differs from the paper; logged to the run's MLflow parent run. Reads all params."""
-    import sys
-
     from cxrflow.report import RunOutputs, build_report
     from cxrflow.steps import log_report
 

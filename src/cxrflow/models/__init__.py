@@ -19,6 +19,7 @@ from cxrflow.models.base import (
     freeze_all_but_classifier,
     init_kind,
     replace_classifier,
+    reseed_random_layers,
 )
 from cxrflow.models.resnet50 import ResNet50
 from cxrflow.models.small_cnn import SmallCNN
@@ -39,6 +40,7 @@ __all__ = [
     "get_architecture",
     "init_kind",
     "replace_classifier",
+    "reseed_random_layers",
 ]
 
 
