@@ -79,6 +79,14 @@ def pipeline_run(
             "needs an MLflow server (make stack)",
         ),
     ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="continue a cut run: its pipeline run id (printed when it started); with "
+            "train.checkpoint_root set, training resumes from the last saved epoch and the "
+            "MLflow runs are continued, not duplicated",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole pipeline on this machine (kfp.local subprocesses, or the image's
     containers); one line per step, full logs in runs/<run>/<step>.log. Reads all params."""
@@ -88,17 +96,24 @@ def pipeline_run(
             "(or `cxrflow pipeline schedule create`)"
         )
     from cxrflow.config import params_hash
-    from cxrflow.steps import format_promotion, format_summary
+    from cxrflow.steps import (
+        PIPELINE_RUN_ENV,
+        format_promotion,
+        format_summary,
+        new_pipeline_run_id,
+    )
     from cxrflow.tracking import tracking_uri
     from pipelines.local import find_metrics, find_registered, run_local
 
     settings = current_settings()
     params = settings.params([f"data.version={data_version}"] if data_version else None)
     uri = tracking_uri()
+    run_id = resume or new_pipeline_run_id()
     print(
         f"cxrflow pipeline: profile {params.profile}, params {params_hash(params)}, "
         f"models {', '.join(params.model_keys)}; MLflow {uri}"
     )
+    print(_resume_hint(run_id, resume is not None, params.train.checkpoint_root))
     with _container_session(containers, uri) as session:
         # imported here: the components take their images when first imported (the session
         # may name the local ones)
@@ -109,7 +124,7 @@ def pipeline_run(
             {},
             pipeline_root,
             verbose=settings.verbose,
-            env={"MLFLOW_TRACKING_URI": uri},
+            env={"MLFLOW_TRACKING_URI": uri, PIPELINE_RUN_ENV: run_id},
             containers=session,
         )
     if not settings.verbose:  # kfp.local logs its workspace clean-up at exit
@@ -122,6 +137,19 @@ def pipeline_run(
     print(format_promotion(registered), end="")
     print(_ui_hint(uri, _experiment_id(uri, params.tracking.experiment_name)))
     print(_next_steps(result.run_dir, registered))
+
+
+def _resume_hint(run_id: str, resumed: bool, checkpoint_root: str | None) -> str:
+    """The pipeline run id, and how to continue this run should it be cut."""
+    if resumed:
+        where = f"checkpoints in {checkpoint_root}" if checkpoint_root else "no checkpoint root"
+        return f"pipeline run id {run_id} (resumed; {where})"
+    if not checkpoint_root:
+        return (
+            f"pipeline run id {run_id} (train.checkpoint_root is not set: a cut run would "
+            "start its training again)"
+        )
+    return f"pipeline run id {run_id}; if it is cut: cxrflow pipeline run --local --resume {run_id}"
 
 
 def _container_session(containers: bool, uri: str) -> Any:

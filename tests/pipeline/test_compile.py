@@ -225,4 +225,7 @@ def test_the_sample_profile_pretrains_resnet50_before_fine_tuning_it(tmp_path: P
     tasks = {_norm(k): v for k, v in _steps(spec).items()}
     deps = {_norm(d) for d in tasks["model_5"]["dependentTasks"]}
     assert "model_4" in deps and not deps & {"model_0", "model_1", "model_2", "model_3"}
-    assert params.register.candidates == ("model_1", "model_2", "model_3", "model_5")
+    assert params.register.candidates == ("model_1", "model_2", "model_3", "model_5", "model_6")
+    # model_6 (the mixed variant, from scratch) waits for the split only
+    m6 = {_norm(d) for d in tasks["model_6"]["dependentTasks"]}
+    assert not m6 & {f"model_{i}" for i in range(6)}

@@ -1,7 +1,8 @@
 """The whole KFP pipeline through kfp.local on the smoke profile, then what landed in MLflow.
 
 The run adds a fifth model in params only (``--set models.model_4=...``): the pipeline, the
-evaluation and the registry pick it up with no code change. Every MLflow run of the pipeline
+evaluation and the registry pick it up with no code change. It trains on dataset_1_mixed (the
+phantom's adult controls mixed into normal / bacterial) with its own epoch budget. Every MLflow run of the pipeline
 run logs the same params and params hash; the parent run ends FINISHED. A second run whose
 validation fails leaves its parent run FAILED naming the step.
 """
@@ -18,7 +19,9 @@ import pytest
 from cxrflow.config import MODEL_KEYS, flatten_params, load_params, params_hash
 
 ROOT = Path(__file__).resolve().parents[2]
-FIFTH = "models.model_4={dataset: dataset_1, architecture: small_cnn, init: model_1}"
+FIFTH = (
+    "models.model_4={dataset: dataset_1_mixed, architecture: small_cnn, init: model_1, epochs: 1}"
+)
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +157,10 @@ def test_mlflow_has_parent_model_runs_datasets_and_champion(local_run: dict) -> 
     (manifest_input,) = parent.inputs.dataset_inputs
     assert manifest_input.dataset.name == "manifest"
     assert manifest_hash.startswith(manifest_input.dataset.digest)
+    m4 = next(r for r in models if r.data.tags["cxrflow.model_key"] == "model_4")
+    assert m4.data.tags["cxrflow.dataset"] == "dataset_1_mixed"
+    # its own budget: 1 epoch per phase (head, finetune) where train.epochs gives the others 2
+    assert len(client.get_metric_history(m4.info.run_id, "val_loss")) == 2
     m3 = next(r for r in models if r.data.tags["cxrflow.model_key"] == "model_3")
     assert "NONE" in m3.data.tags["cxrflow.pretrained_weights"]
     assert "WITHOUT ImageNet" in m3.data.tags["cxrflow.warning"]

@@ -55,7 +55,7 @@ def test_profiles_load_and_are_frozen(profile: str) -> None:
     assert p.profile == profile
     with pytest.raises(ValidationError, match="frozen"):
         p.train.epochs = 3  # type: ignore[misc]
-    extra = {"sample": ("model_4", "model_5")}.get(profile, ())
+    extra = {"sample": ("model_4", "model_5", "model_6")}.get(profile, ())
     assert tuple(sorted(p.models)) == (*MODEL_KEYS, *extra)
 
 
@@ -69,6 +69,25 @@ def test_the_sample_profile_adds_the_imagenet_free_resnet50_pair() -> None:
     assert m5.unfreeze_last == m3.unfreeze_last == 11
     assert "model_5" in p.register.candidates and "model_4" not in p.register.candidates
     assert p.train.image_size == 96  # the reduced settings, not the paper's 224
+    # the ResNet-50s' own epoch budgets; the small CNNs keep train.epochs
+    assert (m3.epochs, m4.epochs, m5.epochs) == (15, 8, 15)
+    assert p.models["model_1"].epochs is None
+
+
+def test_the_sample_profile_trains_the_papers_recipe_on_the_mixed_variant() -> None:
+    p = load_params(PARAMS, "sample")
+    m6 = p.models["model_6"]
+    assert (m6.dataset, m6.architecture, m6.init) == ("dataset_1_mixed", "small_cnn", "scratch")
+    assert "model_6" in p.register.candidates
+    assert p.split.mixed_control_share == 0.5
+
+
+def test_a_model_names_a_known_dataset() -> None:
+    with pytest.raises(ValueError, match=r"models\.model_9\.dataset.*dataset_1_mixed"):
+        load_params(
+            PARAMS,
+            overrides=["models.model_9={dataset: dataset_2, architecture: small_cnn}"],
+        )
 
 
 def test_profiles_override_only_a_few_keys() -> None:

@@ -174,15 +174,20 @@ def with_controls(manifest: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([manifest, controls], ignore_index=True)
 
 
-def test_controls_never_enter_a_dataset(manifest: pd.DataFrame) -> None:
-    """A control row is never selected, whatever its source and label: not even with targets
-    larger than the study rows, nor a control labelled like a Kermany study row."""
+PAPER_DATASETS = ("dataset_0", "dataset_1")
+
+
+def test_controls_never_enter_the_papers_datasets(manifest: pd.DataFrame) -> None:
+    """A control row is never selected for Dataset_0 or Dataset_1, whatever its source and
+    label: not even with targets larger than the study rows, nor a control labelled like a
+    Kermany study row (only Dataset_1_mixed takes some, by design)."""
     m = with_controls(manifest)
     control_ids = set(m.loc[m["cohort"] == "control", "image_id"])
     assert len(control_ids) == 21
     counts = {"normal": 10_000, "bacterial": 10_000, "covid": 10_000}
     tables, report = split_manifest(m, SplitParams(dataset_1_counts=counts))
-    for name, table in tables.items():
+    for name in PAPER_DATASETS:
+        table = tables[name]
         assert not control_ids & set(table["image_id"]), name
         assert set(table["cohort"]) == {"study"}, name
         assert len(select_dataset_rows(m, name)) == len(select_dataset_rows(manifest, name))
@@ -194,8 +199,54 @@ def test_controls_never_enter_a_dataset(manifest: pd.DataFrame) -> None:
     assert report.to_dict()["controls"] == report.controls
     # the split of the study rows does not move when controls are added
     alone, _ = split_manifest(manifest, SplitParams(dataset_1_counts=counts))
-    for name, table in tables.items():
-        pd.testing.assert_frame_equal(table, alone[name])
+    for name in PAPER_DATASETS:
+        pd.testing.assert_frame_equal(tables[name], alone[name])
+
+
+def test_the_mixed_dataset_adds_a_patient_grouped_share_of_adult_controls() -> None:
+    """Dataset_1_mixed is Dataset_1 with its splits unchanged, plus about half the normal and
+    bacterial control patients (all their images, in one split each); viral controls and
+    patients who also have a Dataset_1 image stay controls."""
+    study = make_manifest(
+        {("kermany", "normal"): 60, ("kermany", "bacterial"): 60, ("cohen", "covid"): 60}
+    )
+    controls = make_manifest(
+        {("cohen", "normal"): 12, ("cohen", "bacterial"): 24, ("cohen", "viral"): 9},
+        images_per_patient=2,
+        cohort="control",
+    )
+    # a control film of a patient who is in Dataset_1 (a COVID-19 patient's earlier film)
+    covid_patient = study.loc[study["label"] == "covid", "patient_id"].iloc[0]
+    shared = controls.iloc[[0]].assign(patient_id=covid_patient, image_id="f" * 16)
+    m = pd.concat([study, controls, shared], ignore_index=True)
+    params = SplitParams(dataset_1_counts={"normal": 60, "bacterial": 60, "covid": 60})
+    tables, report = split_manifest(m, params)
+    d1, mixed = tables["dataset_1"], tables["dataset_1_mixed"]
+    assert set(mixed["dataset"]) == {"dataset_1_mixed"}
+    kept = mixed[mixed["cohort"] == "study"].drop(columns=["dataset"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, d1.drop(columns=["dataset"]).reset_index(drop=True))
+    added = mixed[mixed["cohort"] == "control"]
+    assert set(added["label"]) == {"normal", "bacterial"}
+    assert "f" * 16 not in set(added["image_id"])  # that patient is in Dataset_1
+    patients = added.groupby("label")["patient_id"].nunique().to_dict()
+    assert patients == {"normal": 3, "bacterial": 6}  # half of 6 and of 12 patients
+    assert added.groupby("patient_id")["split"].nunique().max() == 1
+    assert set(added["split"]) == {"train", "val", "test"}
+    # every image of a chosen patient joins; an unchosen patient contributes nothing
+    per_patient = controls[controls["patient_id"].isin(added["patient_id"])]
+    assert sorted(per_patient["image_id"]) == sorted(added["image_id"])
+    assert (
+        report.counts["dataset_1_mixed"]["train"]["normal"]
+        > report.counts["dataset_1"]["train"]["normal"]
+    )
+    # the source shortcut is no longer complete in the mixed dataset
+    assert not any("single source" in w for w in report.confounds["dataset_1_mixed"])
+    assert any("single source" in w for w in report.confounds["dataset_1"])
+    # deterministic, and share 0 is Dataset_1 itself
+    again, _ = split_manifest(m, params)
+    pd.testing.assert_frame_equal(again["dataset_1_mixed"], mixed)
+    none, _ = split_manifest(m, params.model_copy(update={"mixed_control_share": 0.0}))
+    assert len(none["dataset_1_mixed"]) == len(d1)
 
 
 def test_select_controls_leaves_out_patients_a_model_has_seen(manifest: pd.DataFrame) -> None:

@@ -1,5 +1,5 @@
-"""``cxrflow data ...``: the phantom generator and the DVC data registry (versions, rollback,
-snapshot)."""
+"""``cxrflow data ...``: the phantom generator and the DVC data registry (init, versions,
+rollback, snapshot)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,22 @@ def data_rollback(
         f"working copy of {paths} restored to {rev} ({v.commit[:12]}); "
         "commit the .dvc files to make it the new current version"
     )
+
+
+@app.command("init")
+def data_init(
+    remote: Annotated[
+        str, typer.Option(help="DVC remote URL, e.g. s3://bucket/dvcstore (or a folder)")
+    ],
+    registry: Annotated[Path, typer.Argument(help="the registry folder (created if missing)")],
+) -> None:
+    """Make a folder a DVC data registry: git repository, DVC project, default remote. Only the
+    remote's URL is written; endpoint and credentials stay in the environment. Reads no
+    params."""
+    from cxrflow.data.versions import init_registry
+
+    init_registry(registry, remote)
+    print(f"data registry {registry.resolve()}: DVC remote {remote}")
 
 
 @app.command("snapshot")

@@ -12,9 +12,13 @@ import re
 DATASET_0_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
 DATASET_1_CLASSES: tuple[str, ...] = ("normal", "bacterial", "covid")
 ALL_LABELS: tuple[str, ...] = ("normal", "bacterial", "viral", "covid")
+MIXED_DATASET = "dataset_1_mixed"
+"""Dataset_1 plus a patient-grouped share of the adult non-COVID controls in its normal and
+bacterial classes (``split.mixed_control_share``): does mixing adults in remove the shortcut?"""
 DATASETS: dict[str, tuple[str, ...]] = {
     "dataset_0": DATASET_0_CLASSES,
     "dataset_1": DATASET_1_CLASSES,
+    MIXED_DATASET: DATASET_1_CLASSES,
 }
 PAPER = "paper"
 PROFILES: tuple[str, ...] = (PAPER, "sample", "demo", "smoke")

@@ -171,6 +171,10 @@ class SplitParams(_Section):
         default_factory=lambda: {"normal": 544, "bacterial": 500, "covid": 456}
     )
     dataset_0_max_per_class: PositiveInt | None = None
+    mixed_control_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Dataset_1_mixed: the share of the control patients (adult non-COVID, labelled normal or
+    bacterial; grouped by patient, drawn per label) whose images join those classes; the rest
+    stay audit controls."""
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.125
     seed: StrictInt = 42
@@ -239,6 +243,9 @@ class ModelSpec(_Section):
     allow_random_init: StrictBool = False
     """With ``init: imagenet`` and no ``weights_path``: train from random weights anyway (demo,
     smoke). Off by default, so a paper run never silently skips the ImageNet weights."""
+    epochs: PositiveInt | None = None
+    """This model's cap on epochs per phase (null = ``train.epochs``): a time budget for an
+    expensive model (a ResNet-50 from scratch) without shortening the others."""
 
     @field_validator("weights_path")
     @classmethod

@@ -51,7 +51,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "phash",  # 64-bit perceptual hash, hex
     "original_path",  # as found, relative to the parent of the source root (includes its name)
     "source_split",  # the source's own split (Kermany train/test), "" if none
-    "cohort",  # study | control (audit controls: never in a dataset; cxrflow.data.sources)
+    "cohort",  # study | control (audit controls: only dataset_1_mixed takes some; .sources)
     "finding",  # the source's raw finding (Cohen's `finding`), "" if none
 )
 LEGACY_COLUMN_DEFAULTS: dict[str, str] = {"cohort": STUDY, "finding": ""}

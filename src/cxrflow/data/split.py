@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxrflow.config import DATASETS, SplitParams
+from cxrflow.config import DATASETS, MIXED_DATASET, SplitParams
 from cxrflow.data.manifest import SPLIT_COLUMNS, SPLITS, write_table
 from cxrflow.data.sources import CONTROL, STUDY, get_source
 from cxrflow.data.unionfind import UnionFind
@@ -248,6 +248,70 @@ def build_dataset(
     return table.reindex(columns=list(SPLIT_COLUMNS)), shortfalls
 
 
+def mixed_controls(
+    manifest: pd.DataFrame, dataset_1: pd.DataFrame, share: float, seed: int
+) -> pd.DataFrame:
+    """The control rows that join Dataset_1_mixed: a patient-grouped ``share`` of each label.
+
+    Eligible: control rows labelled with a class of Dataset_1 other than COVID-19 (Cohen's
+    adult normal and bacterial X-rays; viral controls have no class there), of patients with no
+    image in ``dataset_1`` (a patient filed with both a COVID-19 film and a "No Finding" one
+    stays a control, so no patient reaches two splits). Patients are drawn per label, by the
+    patient's most frequent label, with ``seed``.
+
+    Returns:
+        The chosen rows (``cohort`` still ``control``), sorted by ``image_id``.
+    """
+    classes = set(DATASETS[MIXED_DATASET]) - {"covid"}
+    rows = select_controls(manifest, exclude_patients=dataset_1["patient_id"])
+    rows = rows[rows["label"].isin(classes).to_numpy()]
+    if rows.empty or share <= 0.0:
+        return rows.iloc[0:0]
+    counts = rows.groupby(["patient_id", "label"]).size().reset_index(name="k")
+    counts = counts.sort_values(["patient_id", "k", "label"], ascending=[True, False, True])
+    primary = counts.drop_duplicates("patient_id").rename(columns={"label": "primary"})
+    n = rows.groupby("patient_id").size().reset_index(name="n")
+    patients = primary[["patient_id", "primary"]].merge(n, on="patient_id")
+    rng = np.random.default_rng(seed)
+    chosen: set[str] = set()
+    for _label, grp in patients.groupby("primary", sort=True):
+        order = grp.sort_values("patient_id").reset_index(drop=True)
+        order = order.iloc[rng.permutation(len(order))]
+        chosen |= set(order["patient_id"].iloc[: round(share * len(order))])
+    picked = rows[rows["patient_id"].isin(chosen).to_numpy()]
+    return picked.sort_values("image_id").reset_index(drop=True)
+
+
+def build_mixed_dataset(
+    manifest: pd.DataFrame,
+    dataset_1: pd.DataFrame,
+    params: SplitParams,
+    links: Iterable[Sequence[str]] = (),
+) -> pd.DataFrame:
+    """Dataset_1_mixed: Dataset_1's split table unchanged, plus :func:`mixed_controls` split
+    by patient with the same fractions and seed.
+
+    Dataset_1's rows keep their splits, so its test images are a subset of this dataset's and
+    the two can be compared on them; the added adults get a train / val / test split of their
+    own. The rest of the controls stay audit controls (the audit leaves out the control
+    patients a model trained or validated on, :func:`cxrflow.audit.control_arrays`).
+    """
+    import pandas as pd
+
+    added = mixed_controls(manifest, dataset_1, params.mixed_control_share, params.seed)
+    parts = [dataset_1.drop(columns=["dataset"], errors="ignore")]
+    if len(added):
+        parts.append(
+            grouped_split(added, params.test_fraction, params.val_fraction, params.seed, links)
+        )
+    table = pd.concat(parts).sort_values("image_id").reset_index(drop=True)
+    table["dataset"] = MIXED_DATASET
+    leaked = table.groupby("patient_id")["split"].nunique()
+    if (leaked > 1).any():  # pragma: no cover - guarded by construction
+        raise AssertionError(f"patients in two splits: {list(leaked[leaked > 1].index[:5])}")
+    return table.reindex(columns=list(SPLIT_COLUMNS))
+
+
 CONFOUND_ATTRIBUTES: tuple[str, ...] = ("source", "age_group", "population")
 """Attributes a label must not be determined by; ``population`` is the source's."""
 
@@ -290,7 +354,7 @@ def detect_confounds(table: pd.DataFrame) -> tuple[list[str], dict[str, dict[str
 def split_manifest(
     manifest: pd.DataFrame, params: SplitParams, links: Iterable[Sequence[str]] = ()
 ) -> tuple[dict[str, pd.DataFrame], SplitReport]:
-    """Build Dataset_0 and Dataset_1 split tables from the manifest.
+    """Build the split tables of every dataset (:data:`cxrflow.config.DATASETS`).
 
     Args:
         manifest: The ingest manifest.
@@ -298,7 +362,8 @@ def split_manifest(
         links: Patient-id pairs to keep together (ingest's ``patient_links``).
 
     Returns:
-        ``{"dataset_0": table, "dataset_1": table}`` (study rows only) and a
+        ``{"dataset_0": table, "dataset_1": table, "dataset_1_mixed": table}`` (study rows;
+        the mixed dataset adds control rows, :func:`build_mixed_dataset`) and a
         :class:`SplitReport` (its ``controls`` counts what :func:`select_controls` sets aside).
     """
     tables: dict[str, pd.DataFrame] = {}
@@ -314,7 +379,11 @@ def split_manifest(
     else:
         control_counts = {}
     for dataset in DATASETS:
-        table, short = build_dataset(manifest, dataset, params, links)
+        short: dict[str, int] = {}
+        if dataset == MIXED_DATASET:
+            table = build_mixed_dataset(manifest, tables["dataset_1"], params, links)
+        else:
+            table, short = build_dataset(manifest, dataset, params, links)
         tables[dataset] = table
         shortfalls[dataset] = short
         counts[dataset] = {
@@ -347,7 +416,7 @@ def read_split_table(splits_dir: str | Path, dataset: str) -> pd.DataFrame:
 
 
 def write_splits(tables: dict[str, pd.DataFrame], report: SplitReport, out_dir: str | Path) -> None:
-    """Write ``dataset_0.csv``, ``dataset_1.csv`` and ``split_report.json``."""
+    """Write ``<dataset>.csv`` per dataset and ``split_report.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():

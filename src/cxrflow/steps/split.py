@@ -52,14 +52,14 @@ def run_split(
             # Dataset_1 is checked against its undersampling targets; a capped Dataset_0
             # against its mean class count; an uncapped Dataset_0 keeps the paper's natural
             # imbalance.
-            targets = dict(params.split.dataset_1_counts) if name == "dataset_1" else None
+            targets = _expected_counts(name, table, params)
             with ctx.phase("data"):
                 summary = validate_splits(
                     table,
                     params.validate,
                     docs_dir=out / f"data_docs_{name}",
                     class_counts_expected=targets,
-                    check_balance=name == "dataset_1"
+                    check_balance=targets is not None
                     or params.split.dataset_0_max_per_class is not None,
                 )
             summaries[name] = summary.to_dict()
@@ -84,6 +84,21 @@ def run_split(
             f"; {confounds} confound warning(s)" if confounds else ""
         )
     return {"report": report.to_dict(), "validation": summaries}
+
+
+def _expected_counts(name: str, table: Any, params: Params) -> dict[str, int] | None:
+    """The class counts a dataset is checked against: Dataset_1's undersampling targets, plus
+    the controls Dataset_1_mixed adds (what it adds is its own, so it is not a target)."""
+    from cxrflow.config import MIXED_DATASET
+    from cxrflow.data.sources import CONTROL
+
+    if name not in ("dataset_1", MIXED_DATASET):
+        return None
+    targets = dict(params.split.dataset_1_counts)
+    if name == MIXED_DATASET:
+        added = table.loc[table["cohort"] == CONTROL, "label"].value_counts()
+        targets = {c: n + int(added.get(c, 0)) for c, n in targets.items()}
+    return targets
 
 
 def _show(result: dict[str, Any]) -> str:

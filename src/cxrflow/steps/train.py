@@ -218,6 +218,9 @@ def run_train(
             from cxrflow.datasets import write_split_cache
             from cxrflow.train import train_model
         classes, size, out = DATASETS[spec.dataset], params.train.image_size, Path(model)
+        train_params = params.train
+        if spec.epochs is not None:  # this model's own epoch budget
+            train_params = train_params.model_copy(update={"epochs": spec.epochs})
         out.mkdir(parents=True, exist_ok=True)
         table = read_split_table(splits, spec.dataset)
         with tempfile.TemporaryDirectory(prefix="cxrflow-images-") as cache:
@@ -235,11 +238,11 @@ def run_train(
                 with ctx.phase("compute"):
                     result = train_model(
                         spec,
-                        params.train,
+                        train_params,
                         classes,
                         data,
                         base,
-                        _callbacks(ctx, run_id, model_key, params.train.epochs),
+                        _callbacks(ctx, run_id, model_key, train_params.epochs),
                         verbose,
                         checkpoint_dir=ckpt,
                         model_key=model_key,
