@@ -379,7 +379,11 @@ def interleaved_latency(
 
 
 def compare_accuracy(
-    test: Split, proba: Mapping[str, np.ndarray], n_boot: int, seed: int
+    test: Split,
+    proba: Mapping[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+    classes: Sequence[str] = CLASSES,
 ) -> dict[str, Any]:
     """Accuracy and macro-F1 per engine; fp32 - int8 with a patient-level paired bootstrap."""
     import numpy as np
@@ -387,7 +391,7 @@ def compare_accuracy(
 
     from cxrflow.stats import mcnemar_pairs, patient_bootstrap_indices, percentile_bounds
 
-    labels = list(range(len(CLASSES)))
+    labels = list(range(len(classes)))
 
     def metrics(idx: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
         y = test.y[idx]
@@ -401,7 +405,7 @@ def compare_accuracy(
     out: dict[str, Any] = {
         "n_test": len(test.y),
         "n_test_patients": len(set(test.groups.tolist())),
-        "per_class": {c: int((test.y == i).sum()) for i, c in enumerate(CLASSES)},
+        "per_class": {c: int((test.y == i).sum()) for i, c in enumerate(classes)},
     }
     for k, p in preds.items():
         acc, f1 = metrics(everything, p)
@@ -442,7 +446,11 @@ def bench_model(
     gemm_gflops: float,
     work: Path,
     seed: int,
+    classes: Sequence[str] = CLASSES,
+    image_size: int = IMAGE_SIZE,
 ) -> dict[str, Any]:
+    """Export one Keras model to ONNX fp32 + int8 (calibrated on ``splits["train"]``), then
+    time the three engines on ``splits["test"]`` and compare int8 with fp32 there."""
     import numpy as np
 
     from cxrflow.export import Calibration, export_model, load_onnx_model
@@ -451,7 +459,7 @@ def bench_model(
     pick = np.random.default_rng(seed).permutation(len(train.x))[: plan.calibration]
     calib = Calibration(train.x[pick], tuple(train.names[i] for i in pick), seed=seed)
     t0 = time.perf_counter()
-    info = export_model(model, work / name, CLASSES, IMAGE_SIZE, name, calib, source="bench")
+    info = export_model(model, work / name, classes, image_size, name, calib, source="bench")
     export_s = time.perf_counter() - t0
     log(f"{name}: exported fp32 + int8 in {export_s:.0f} s")
     fp32 = load_onnx_model(work / name / info["files"]["fp32"]["file"], threads)
@@ -464,7 +472,7 @@ def bench_model(
     # fp32 ONNX only has to equal TensorFlow: a subset shows it
     sub = slice(0, min(len(test.x), 32))
     ort32 = fp32.predict(test.x[sub])
-    accuracy = compare_accuracy(test, proba, plan.n_boot, seed)
+    accuracy = compare_accuracy(test, proba, plan.n_boot, seed, classes)
     accuracy["max_abs_probability_diff"]["ort_fp32_first_32"] = float(
         np.abs(ort32 - proba["tf_fp32"][sub]).max()
     )

@@ -270,6 +270,32 @@ def rows_inference(doc: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_int8_trained(doc: Mapping[str, Any]) -> list[Row]:
+    """``bench/int8_trained.py``: int8 against fp32 on a network a pipeline run trained."""
+    t = doc["target"]
+    drop = t["accuracy_drop_points"]
+    where = (
+        f"{t['model']} (trained ResNet-50, {t['image_size']} px), {t['n_test']} test images of "
+        f"{t['n_test_patients']} patients"
+    )
+    return [
+        (
+            f"accuracy lost by {t['engine']} on {where}, points [95 % CI]",
+            f"{_num(drop['value'], 1)} [{_num(drop.get('ci95_low'), 1)}, "
+            f"{_num(drop.get('ci95_high'), 1)}]",
+            f"<= {_num(t['max_drop_points'], 1)}",
+            _ok(t.get("accuracy_met")),
+        ),
+        (
+            f"{t['model']} {t['engine']}: ms/image at batch 1 (batched), {t['image_size']} px",
+            f"{_num(t['ms_per_image_batch1'], 1)} ({_num(t['ms_per_image_batched'], 1)}); "
+            f"TensorFlow fp32 {_num(t['tf_fp32_ms_per_image_batch1'], 1)}",
+            "",
+            "",
+        ),
+    ]
+
+
 def rows_generic(doc: Mapping[str, Any]) -> list[Row]:
     """A benchmark this module does not know: its verdict's (or target's) entries."""
     verdict = doc.get("verdict", doc.get("target"))
@@ -323,6 +349,7 @@ def rows_gpu(doc: Mapping[str, Any]) -> list[Row]:
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], list[Row]]] = {
     "gpu": rows_gpu,
     "inference": rows_inference,
+    "int8_trained": rows_int8_trained,
     "input_pipeline": rows_input_pipeline,
     "overhead": rows_overhead,
     "ingest_scale": rows_ingest_scale,

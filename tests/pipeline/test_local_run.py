@@ -2,7 +2,9 @@
 
 The run adds a fifth model in params only (``--set models.model_4=...``): the pipeline, the
 evaluation and the registry pick it up with no code change. It trains on dataset_1_mixed (the
-phantom's adult controls mixed into normal / bacterial) with its own epoch budget. Every MLflow run of the pipeline
+phantom's adult controls mixed into normal / bacterial) with its own epoch budget. The phantom
+writes an external site (another hospital's CSV export, PNG and DICOM), every model is scored
+on it, and promotion ranks the candidates on it (``register.score_on``). Every MLflow run of the pipeline
 run logs the same params and params hash; the parent run ends FINISHED. A second run whose
 validation fails leaves its parent run FAILED naming the step.
 """
@@ -22,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIFTH = (
     "models.model_4={dataset: dataset_1_mixed, architecture: small_cnn, init: model_1, epochs: 1}"
 )
+EXTERNAL_SITE = ("data.synth.external_site_patients=3", "register.score_on=phantom_site")
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +39,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     uri = f"sqlite:///{tmp / 'mlruns.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.setenv("CXRFLOW_ARTIFACT_ROOT", (tmp / "mlartifacts").as_uri())
-    params = load_params(ROOT / "params.yaml", "smoke", [FIFTH])
+    params = load_params(ROOT / "params.yaml", "smoke", [FIFTH, *EXTERNAL_SITE])
     out = run_local(build_pipeline(params, retries=False), {}, tmp / "kfp")
     yield {
         "out": out,
@@ -86,11 +89,43 @@ def test_all_steps_ran_and_metrics_exist(local_run: dict) -> None:
     )
     if registered["role"] == "champion":
         assert registered["audit"][registered["model_key"]]["passed"]
+    # ranked on the external site, with that score
+    assert registered["metric"] == "f1_macro on phantom_site"
+    site = metrics[registered["model_key"]]["external"]["phantom_site"]
+    assert registered["value"] == pytest.approx(site["f1_macro"])
     steps = [s.name for s in local_run["out"].steps]
     assert set(steps) == {*local_run["params"].steps, "finalize"}
     assert all(s.status == "ok" for s in local_run["out"].steps)
     for step in steps:
         assert (local_run["out"].log_dir / f"{step}.log").is_file(), step
+
+
+def test_every_model_is_scored_on_the_external_site_it_never_trained_on(
+    local_run: dict,
+) -> None:
+    import pandas as pd
+
+    from cxrflow.report import RunOutputs
+
+    outputs = RunOutputs.from_kfp_run(local_run["out"].run_dir)
+    manifest = pd.read_csv(outputs.dataset / "manifest.csv", dtype=str, keep_default_na=False)
+    site = manifest[manifest["source"] == "phantom_site"]
+    assert len(site) == 18 and set(site["cohort"]) == {"external"}  # 3 patients x 3 x 2
+    assert not site["patient_id"].str.contains("MRN").any()  # hashed
+    for name in ("dataset_0", "dataset_1", "dataset_1_mixed"):
+        table = pd.read_csv(outputs.splits / f"{name}.csv", dtype=str)
+        assert not set(table["image_id"]) & set(site["image_id"]), name
+    for key, m in local_run["metrics"].items():
+        fig = m["external"]["phantom_site"]
+        if m["classes"] == ["normal", "bacterial", "viral"]:
+            assert (fig["n"], fig["skipped"]) == (12, {"covid": 6}), key
+        else:
+            assert fig["n"] == 18 and fig["skipped"] == {}, key
+            assert fig["non_covid_called_covid"]["n"] == 12
+        assert fig["accuracy_ci"]["ci_low"] <= fig["accuracy"] <= fig["accuracy_ci"]["ci_high"]
+    _, _, models = _runs(local_run["uri"])
+    for r in models:
+        assert "external_phantom_site_accuracy" in r.data.metrics, r.data.tags["cxrflow.model_key"]
 
 
 def test_steps_started_warm_without_importing_again(local_run: dict) -> None:

@@ -21,17 +21,22 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
+SIBLINGS = ("report", "inference")
+"""Bench modules other bench scripts import as siblings (bench/ is their script directory)."""
+
+
 def _load(name: str) -> ModuleType:
-    # the bench scripts import ``report`` as a sibling (bench/ is their script directory):
-    # registered under that name, with no sys.path edit
-    module_name = "report" if name == "report" else f"bench_{name}"
+    # registered under their own names, with no sys.path edit
+    module_name = name if name in SIBLINGS else f"bench_{name}"
     if name != "report" and "report" not in sys.modules:
         _load("report")
+    if name == "int8_trained" and "inference" not in sys.modules:
+        _load("inference")
     spec = importlib.util.spec_from_file_location(module_name, BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    if name == "report":
-        sys.modules["report"] = module
+    if name in SIBLINGS:
+        sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -405,3 +410,43 @@ def test_a_benchmark_that_failed_in_the_run_is_noted(tmp_path: Path) -> None:
     assert "`overhead` failed in this run (exit 1 (900 s)); its rows are from its JSON" in block
     assert "`input_pipeline` failed in this run (exit 2 (3 s)); no rows." in block
     assert "**15.0 % overhead**" in block  # the JSON's rows are still shown
+
+
+def test_the_int8_check_on_a_trained_resnet50_is_tabulated_with_its_interval() -> None:
+    doc = {
+        "benchmark": "int8_trained",
+        "machine": MACHINE,
+        "target": {
+            "model": "model_5",
+            "engine": "ort_int8",
+            "image_size": 96,
+            "ms_per_image_batch1": 6.2,
+            "ms_per_image_batched": 3.1,
+            "tf_fp32_ms_per_image_batch1": 30.5,
+            "accuracy_drop_points": {"value": 0.34, "ci95_low": -0.7, "ci95_high": 1.4},
+            "max_drop_points": 1.0,
+            "accuracy_met": True,
+            "n_test": 290,
+            "n_test_patients": 250,
+        },
+        "verdict": {"accuracy_met": True},
+    }
+    rows = report.RENDERERS["int8_trained"](doc)
+    assert rows[0] == (
+        "accuracy lost by ort_int8 on model_5 (trained ResNet-50, 96 px), 290 test images of "
+        "250 patients, points [95 % CI]",
+        "0.3 [-0.7, 1.4]",
+        "<= 1.0",
+        report._ok(True),
+    )
+    assert rows[1][1] == "6.2 (3.1); TensorFlow fp32 30.5"
+    assert "int8_trained" not in report.EXPECTED  # it needs a finished real-data run
+
+
+def test_the_int8_bench_finds_a_runs_trained_model(tmp_path: Path) -> None:
+    int8 = _load("int8_trained")
+    (tmp_path / "model-5" / "model").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no trained model_5"):
+        int8.model_dir(tmp_path, "model_5")
+    (tmp_path / "model-5" / "model" / "model.keras").write_bytes(b"x")
+    assert int8.model_dir(tmp_path, "model_5") == tmp_path / "model-5" / "model"

@@ -70,7 +70,7 @@ def test_the_sample_profile_adds_the_imagenet_free_resnet50_pair() -> None:
     assert "model_5" in p.register.candidates and "model_4" not in p.register.candidates
     assert p.train.image_size == 96  # the reduced settings, not the paper's 224
     # the ResNet-50s' own epoch budgets; the small CNNs keep train.epochs
-    assert (m3.epochs, m4.epochs, m5.epochs) == (15, 8, 15)
+    assert (m3.epochs, m4.epochs, m5.epochs) == (20, 10, 20)
     assert p.models["model_1"].epochs is None
 
 

@@ -31,7 +31,10 @@ RegistryOption = Annotated[
 
 
 def _registry(registry: str | None) -> tuple[Any, str, list[str]]:
+    from cxrflow.data.sources.roles import configure_sources
+
     params = current_settings().params()
+    configure_sources(params.data)  # a csv source lists its labels like a built-in one
     repo = registry or params.data.registry or "."
     if not params.data.source_paths:
         raise ValueError(

@@ -260,7 +260,7 @@ def report(
     numbers beside ours with CIs and McNemar p-values, the data, the audit, Grad-CAM, and what
     differs from the paper; logged to the run's MLflow parent run. Reads all params."""
     from cxrflow.report import RunOutputs, build_report
-    from cxrflow.steps import log_report
+    from cxrflow.steps import log_report, run_commit
 
     if run_dir is not None:
         outputs = RunOutputs.from_kfp_run(run_dir)
@@ -279,6 +279,7 @@ def report(
         elapsed=elapsed,
         notes=tuple(note or ()),
         patient_images=patient_images,
+        commit=run_commit(params, outputs.dataset),
     )
     logged = log_report(params, outputs.dataset, [md, html])
     print(f"report -> {md} and {html}" + (f" (MLflow run {logged})" if logged else ""))

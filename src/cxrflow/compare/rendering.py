@@ -131,6 +131,11 @@ def format_terminal(comp: Comparison, max_rows: int = 40) -> str:
             f"{n} of {sum(d.verdict in (BEYOND, WITHIN) for d in comp.deltas)} metrics with "
             "intervals changed beyond the uncertainty (conservative: see compare.md for the rule)"
         )
+    external = _external(comp)
+    if external is not None:
+        head, body = external
+        lines += ["", "internal (test split) and external sources:"]
+        lines.append(format_table(head, body[:max_rows], "plain"))
     lines += [f"note: {n}" for n in comp.notes]
     return "\n".join(lines) + "\n"
 
@@ -177,6 +182,7 @@ class _Tables:
     deltas: tuple[list[str], list[list[str]]] | None
     audit: tuple[list[str], list[list[str]]] | None
     params: tuple[list[str], list[list[str]]] | None
+    external: tuple[list[str], list[list[str]]] | None = None
 
 
 def _tables(comp: Comparison) -> _Tables:
@@ -253,7 +259,45 @@ def _tables(comp: Comparison) -> _Tables:
             ["param", *comp.params.groups],
             [[k, *v] for k, v in zip(comp.params.keys, comp.params.values, strict=True)],
         )
-    return _Tables((main_head, main_body), (recall_head, recall_body), deltas, audit, params)
+    return _Tables(
+        (main_head, main_body), (recall_head, recall_body), deltas, audit, params, _external(comp)
+    )
+
+
+def _external(comp: Comparison) -> tuple[list[str], list[list[str]]] | None:
+    """Internal (test split) and external figures side by side, one row per model and
+    external source; None when no run was scored on an external source."""
+    ci = f"{round(100 * comp.rows[0].confidence)}% CI"
+    body = [
+        [
+            r.model_key,
+            short_version(r.data_version),
+            source,
+            fmt_value(est.value if (est := figs.get("n")) else None, digits=0),
+            fmt_estimate(r.metrics.get("accuracy")),
+            fmt_estimate(figs.get("accuracy")),
+            fmt_estimate(r.metrics.get("f1_macro")),
+            fmt_estimate(figs.get("f1_macro")),
+            fmt_estimate(figs.get("non_covid_called_covid")),
+        ]
+        for r in comp.rows
+        for source, figs in sorted(r.external.items())
+    ]
+    if not body:
+        return None
+    head = [
+        "model", "data version", "external source", "n",
+        f"accuracy test [{ci}]", f"accuracy external [{ci}]",
+        f"macro F1 test [{ci}]", f"macro F1 external [{ci}]",
+        f"non-COVID called COVID-19, external [{ci}]",
+    ]  # fmt: skip
+    return head, body
+
+
+EXTERNAL_NOTE = (
+    "External sources were never trained on and never split: each model is scored on every "
+    "image of theirs labelled with one of its classes, with patient-level intervals."
+)
 
 
 def _markdown(comp: Comparison, figures: Sequence[Plot], image_ref: Callable[[Path], str]) -> str:
@@ -282,6 +326,8 @@ def _markdown(comp: Comparison, figures: Sequence[Plot], image_ref: Callable[[Pa
         a, b = comp.version_pair
         lines += ["", f"## Data version {a} -> {b}", "", f"> {rule_text(comp.rows[0].confidence)}"]
         lines += ["", format_table(*t.deltas)]
+    if t.external is not None:
+        lines += ["", "## Internal and external", "", EXTERNAL_NOTE, "", format_table(*t.external)]
     lines += ["", "## Audit verdicts", ""]
     lines.append(format_table(*t.audit) if t.audit else "No audit verdicts in these runs.")
     lines += ["", "## Parameters that differ", ""]
@@ -308,6 +354,7 @@ def render_markdown(comp: Comparison, figures: Sequence[Plot] = (), files_dir: s
 _ANCHORS = {
     "Models x metrics": "models",
     "Recall per class": "recall",
+    "Internal and external": "external",
     "Audit verdicts": "audit",
     "Parameters that differ": "params",
     "Figures": "figures",

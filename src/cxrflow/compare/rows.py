@@ -15,6 +15,8 @@ from typing import Any
 
 from cxrflow import names
 from cxrflow.evaluate import SCALAR_METRICS
+from cxrflow.external import EXTERNAL_PREFIX
+from cxrflow.external import SCALARS as EXTERNAL_SCALARS
 from cxrflow.steps import audit_figures
 
 LATENCY = "latency_ms_per_image"
@@ -77,6 +79,10 @@ class ModelRow:
     promotion: str
     confidence: float
     params: Mapping[str, str] = field(repr=False)
+    external: Mapping[str, Mapping[str, Estimate]] = field(default_factory=dict)
+    """Per external source: ``accuracy``, ``f1_macro``... and ``non_covid_called_covid``
+    (logged as ``external_<source>_<metric>``, :func:`cxrflow.external.flat_external`), and
+    ``n`` (no interval)."""
 
     @property
     def label(self) -> str:
@@ -127,6 +133,26 @@ def _estimate(metrics: Mapping[str, float], name: str) -> Estimate | None:
     if value is None or not math.isfinite(value):
         return None
     return Estimate(value, metrics.get(f"test_{name}_ci_low"), metrics.get(f"test_{name}_ci_high"))
+
+
+_EXTERNAL_FIGURES = (*EXTERNAL_SCALARS, "non_covid_called_covid", "n")
+
+
+def external_estimates(metrics: Mapping[str, float]) -> dict[str, dict[str, Estimate]]:
+    """``source -> figure -> Estimate`` from a run's ``external_<source>_<figure>`` metrics."""
+    out: dict[str, dict[str, Estimate]] = {}
+    for name, value in metrics.items():
+        if not name.startswith(f"{EXTERNAL_PREFIX}_") or name.endswith(("_ci_low", "_ci_high")):
+            continue
+        rest = name[len(EXTERNAL_PREFIX) + 1 :]
+        fig = next((f for f in _EXTERNAL_FIGURES if rest.endswith(f"_{f}")), None)
+        if fig is None or not math.isfinite(value):
+            continue
+        source = rest[: -len(fig) - 1]
+        out.setdefault(source, {})[fig] = Estimate(
+            value, metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+        )
+    return out
 
 
 def _classes(metrics: Mapping[str, float]) -> tuple[str, ...]:
@@ -184,4 +210,5 @@ def row_from_record(
         promotion=tags.get(names.TAG_PROMOTION, ""),
         confidence=confidence,
         params=dict(params),
+        external=external_estimates(raw),
     )

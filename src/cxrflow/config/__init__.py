@@ -66,7 +66,10 @@ from cxrflow.config.loading import (
     read_params_file,
 )
 from cxrflow.config.sections import (
+    CSV_KIND,
+    PHANTOM_SITE,
     REGISTER_METRICS,
+    SOURCE_ROLES,
     AuditParams,
     CohenFilter,
     DataParams,
@@ -76,6 +79,7 @@ from cxrflow.config.sections import (
     ModelSpec,
     Params,
     RegisterParams,
+    SourceSettings,
     SplitParams,
     SynthParams,
     TrackingParams,
@@ -85,6 +89,7 @@ from cxrflow.config.sections import (
 
 __all__ = [
     "ALL_LABELS",
+    "CSV_KIND",
     "DATASETS",
     "DATASET_0_CLASSES",
     "DATASET_1_CLASSES",
@@ -94,8 +99,10 @@ __all__ = [
     "MIXED_DATASET",
     "MODEL_KEYS",
     "PAPER",
+    "PHANTOM_SITE",
     "PROFILES",
     "REGISTER_METRICS",
+    "SOURCE_ROLES",
     "AuditParams",
     "CheckpointVolume",
     "ClusterParams",
@@ -115,6 +122,7 @@ __all__ = [
     "RegisterParams",
     "ResourceParams",
     "RetryParams",
+    "SourceSettings",
     "SplitParams",
     "SynthParams",
     "TrackingParams",

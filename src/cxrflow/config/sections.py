@@ -55,6 +55,10 @@ class SynthParams(_Section):
     planted_marker: StrictStr | None = None
     """A label whose images all get a bright square burned into the upper-right corner (outside
     the audit's lung-field mask): a planted shortcut for testing the audit. None: no marker."""
+    external_site_patients: Annotated[StrictInt, Field(ge=0)] = 0
+    """Patients per class (normal, bacterial, covid) of a phantom *external site*: another
+    hospital's export (a CSV of labels over its own folder layout, PNG and DICOM, another
+    scanner's look) ingested with role ``external``. 0: none."""
 
     @model_validator(mode="after")
     def _sides(self) -> SynthParams:
@@ -63,6 +67,31 @@ class SynthParams(_Section):
         if self.planted_marker is not None and self.planted_marker not in ALL_LABELS:
             raise _fail("data.synth.planted_marker", f"must be null or one of {list(ALL_LABELS)}")
         return self
+
+
+SOURCE_ROLES: tuple[str, ...] = ("train", "external", "control")
+"""What a source's images are for: ``train`` (datasets are built from them; the built-in
+sources' own controls stay controls), ``external`` (never trained on, never split: every model
+is scored on them separately) or ``control`` (they join the shortcut audit's control set)."""
+CSV_KIND = "csv"
+PHANTOM_SITE = "phantom_site"
+"""The source name of the phantom's external site (``data.synth.external_site_patients``)."""
+
+
+class SourceSettings(_Section):
+    """How one configured source is read and what it is for (``data.source_settings.<name>``).
+
+    ``kind`` is the registered source that reads the roots (null: the source named like the
+    key, e.g. ``kermany``), or ``csv``: a generic labelled source, a CSV (``labels``, relative
+    to each root; columns ``path``, ``label``, ``patient_id``, optional ``view``,
+    ``age_group``) over image files in any folder layout (PNG, JPEG, DICOM), drawn from
+    ``population``.
+    """
+
+    kind: StrictStr | None = None
+    role: Literal["train", "external", "control"] = "train"
+    labels: StrictStr = "labels.csv"
+    population: Literal["adult", "pediatric"] = "adult"
 
 
 class DataParams(_Section):
@@ -76,6 +105,9 @@ class DataParams(_Section):
     """
 
     sources: dict[str, tuple[StrictStr, ...]] = Field(default_factory=dict)
+    source_settings: dict[str, SourceSettings] = Field(default_factory=dict)
+    """Per source name in ``sources``: its kind and role (:class:`SourceSettings`); a source
+    not listed is read by the source of its name, with role ``train``."""
     registry: StrictStr | None = None
     version: StrictStr | None = None
     synth: SynthParams = Field(default_factory=SynthParams)
@@ -87,6 +119,16 @@ class DataParams(_Section):
                 raise _fail(f"data.sources.{name}", "a source name is lower_snake_case")
             if not roots:
                 raise _fail(f"data.sources.{name}", "list at least one root (or remove the key)")
+        for name, settings in self.source_settings.items():
+            if name not in self.sources:
+                raise _fail(
+                    f"data.source_settings.{name}",
+                    f"names no source of data.sources ({sorted(self.sources) or 'none'})",
+                )
+            if settings.kind not in (None, CSV_KIND) and not re.match(_NAME, settings.kind):
+                raise _fail(f"data.source_settings.{name}.kind", "a source kind or csv")
+        if self.sources and all(self.role_of(n) != "train" for n in self.sources):
+            raise _fail("data.sources", "no source has role train: nothing to train on")
         if self.registry is not None and not self.sources:
             raise _fail("data.registry", "needs data.sources (paths inside the registry)")
         if self.version is not None and self.registry is None:
@@ -96,6 +138,22 @@ class DataParams(_Section):
                 "(set data.registry to the DVC data registry's git URL or path)",
             )
         return self
+
+    def settings_of(self, name: str) -> SourceSettings:
+        """The settings of source ``name`` (the defaults when it has none)."""
+        return self.source_settings.get(name) or SourceSettings()
+
+    def role_of(self, name: str) -> str:
+        """``train``, ``external`` or ``control``: what source ``name`` is for."""
+        return self.settings_of(name).role
+
+    @property
+    def external_sources(self) -> list[str]:
+        """The sources with role ``external``, the phantom's external site included."""
+        names = [n for n in self.sources if self.role_of(n) == "external"]
+        if self.is_phantom and self.synth.external_site_patients:
+            names.append(PHANTOM_SITE)
+        return names
 
     @property
     def source_paths(self) -> list[str]:
@@ -346,6 +404,10 @@ class RegisterParams(_Section):
     promotion_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     """A candidate replaces the current champion only if the lower bound of the paired
     bootstrap interval of (candidate - champion) on the same test images is above this."""
+    score_on: StrictStr = "test"
+    """Where candidates are ranked and compared with the champion: ``test`` (this run's test
+    split) or the name of a source with role ``external`` (another site's images: the champion
+    predicts them too, and the paired comparison is made on them)."""
     challenger_alias: StrictStr = "challenger"
     allow_unaudited: StrictBool = False
     """The recorded override: a candidate that was not audited may be promoted (tagged)."""
@@ -420,6 +482,13 @@ class Params(_Section):
                 raise _fail(
                     "register.candidates", f"unknown model key {c!r}; models: {list(self.models)}"
                 )
+        on = self.register.score_on
+        if on != "test" and on not in self.data.external_sources:
+            raise _fail(
+                "register.score_on",
+                f"{on!r} is neither test nor a source with role external "
+                f"(external sources: {self.data.external_sources or 'none'})",
+            )
         return self
 
     @property

@@ -17,7 +17,7 @@ from cxrflow.data.neardup import (
     find_duplicates,
     hamming_hex,
 )
-from cxrflow.data.sources import STUDY
+from cxrflow.data.sources import EXTERNAL, STUDY
 
 CONFLICT_REASON = "duplicate_label_conflict"
 
@@ -74,7 +74,16 @@ def _dedupe(
 
     rows: list[dict[str, Any]] = []
     stats: dict[str, float] = dict.fromkeys(
-        ("exact", "near", "groups", "cross_source", "conflict_groups", "max_near_distance"), 0
+        (
+            "exact",
+            "near",
+            "groups",
+            "cross_source",
+            "conflict_groups",
+            "max_near_distance",
+            "external_seen_in_training",
+        ),
+        0,
     )
     stats["near_pairs"] = len(found.near)
     stats["max_pair_rmse"] = round(max((p[3] for p in found.near), default=0.0), 4)
@@ -85,7 +94,16 @@ def _dedupe(
             continue
         pids = sorted({pid(i) for i in group})
         links.update((min(pids[0], p), max(pids[0], p)) for p in pids[1:])
-        members.sort(key=lambda e: (e.cohort != STUDY, rank[e.source], e.original_path))
+        # study first, then controls, external last: a film both in training data and in an
+        # external source is kept as training data and dropped from the external set
+        members.sort(
+            key=lambda e: (
+                e.cohort != STUDY,
+                e.cohort == EXTERNAL,
+                rank[e.source],
+                e.original_path,
+            )
+        )
         stats["groups"] += 1
         labels = {e.label for e in members}
         if len(labels) > 1:
@@ -114,6 +132,10 @@ def _dedupe(
             dist = 0 if exact else hamming_hex(e.info.phash, kinfo.phash)
             stats["exact" if exact else "near"] += 1
             stats["cross_source"] += int(e.source != keep.source)
+            # an external film that is also a training film: not an external test of it
+            stats["external_seen_in_training"] += int(
+                e.cohort == EXTERNAL and keep.cohort != EXTERNAL
+            )
             if not exact:
                 stats["max_near_distance"] = max(stats["max_near_distance"], dist)
             rows.append(

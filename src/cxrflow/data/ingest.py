@@ -76,7 +76,7 @@ from cxrflow.data.manifest import (
     write_table,
 )
 from cxrflow.data.neardup import NEAR_DUPLICATE_RULE
-from cxrflow.data.sources import STUDY, Source, get_source
+from cxrflow.data.sources import CONTROL, Source, get_source
 from cxrflow.jsonio import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ def ingest(
         inspect_s=round(inspect_s, 3),
         images_per_s=round(len(tasks) / elapsed, 1) if elapsed > 0 else 0.0,
         controls_by_finding=_nested_counter(
-            (e.source, e.cand.finding) for e in kept if e.cand is not None and e.cohort != STUDY
+            (e.source, e.cand.finding) for e in kept if e.cand is not None and e.cohort == CONTROL
         ),
     )
     write_json_atomic(out / INGEST_REPORT_FILE, report.to_dict())

@@ -150,25 +150,23 @@ class PhantomSummary:
         return {"kermany": [self.kermany_dir], "cohen": [self.cohen_dir]}
 
 
-def _patient_rng(seed: int, stream: str, index: int) -> np.random.Generator:
+def patient_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_STREAM[stream], index)))
 
 
-def _sample_size(rng: np.random.Generator, p: SynthParams) -> tuple[int, int]:
+def sample_size(rng: np.random.Generator, p: SynthParams) -> tuple[int, int]:
     h = int(rng.integers(p.min_side, p.max_side + 1))
     w = round(h * rng.uniform(0.8, 1.25))
     return h, int(min(max(w, p.min_side), p.max_side))
 
 
-def _jitter_size(
-    rng: np.random.Generator, size: tuple[int, int], p: SynthParams
-) -> tuple[int, int]:
+def jitter_size(rng: np.random.Generator, size: tuple[int, int], p: SynthParams) -> tuple[int, int]:
     f = rng.uniform(0.95, 1.05)
     h, w = (int(min(max(round(s * f), p.min_side), p.max_side)) for s in size)
     return h, w
 
 
-def _save(img: np.ndarray, path: Path) -> None:
+def save_image(img: np.ndarray, path: Path) -> None:
     pil = Image.fromarray(img)
     if path.suffix.lower() == ".png":
         pil.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
@@ -226,9 +224,9 @@ def _plan_patient(
         coin = np.random.SeedSequence(seed, spawn_key=(_STREAM["age"], _STREAM[stream], index))
         free = np.random.default_rng(coin)
         adult = bool(free.uniform() < 0.5)
-    rng = _patient_rng(seed, stream, index)
+    rng = patient_rng(seed, stream, index)
     traits = sample_traits(label, rng, "adult" if adult else "pediatric")
-    size = _sample_size(rng, p)
+    size = sample_size(rng, p)
     n_images = int(rng.integers(1, p.images_per_patient_max + 1))
     return _Patient(label, rng, traits, size, n_images, free)
 
@@ -254,9 +252,9 @@ def _write_kermany(root: Path, p: SynthParams, rng: np.random.Generator) -> dict
         split = "test" if i in test else "train"
         stem = f"{'NORMAL2-' if normal2[i] else ''}IM-{int(im_numbers[i]):04d}"
         for k in range(pat.n_images):
-            size = _jitter_size(pat.rng, pat.size, p)
+            size = jitter_size(pat.rng, pat.size, p)
             img = _render("normal", pat.rng, size, pat.frontal_traits(), p)
-            _save(img, root / split / "NORMAL" / f"{stem}-{k + 1:04d}.jpeg")
+            save_image(img, root / split / "NORMAL" / f"{stem}-{k + 1:04d}.jpeg")
             counts["normal"] += 1
 
     # Pneumonia: personN is the patient; M runs over all images of a kind, in person order.
@@ -271,10 +269,10 @@ def _write_kermany(root: Path, p: SynthParams, rng: np.random.Generator) -> dict
             split = "test" if i in test else "train"
             for _ in range(pat.n_images):
                 running += 1
-                size = _jitter_size(pat.rng, pat.size, p)
+                size = jitter_size(pat.rng, pat.size, p)
                 img = _render(label, pat.rng, size, pat.frontal_traits(), p)
                 name = f"person{int(numbers[i])}_{kind}_{running}.jpeg"
-                _save(img, root / split / "PNEUMONIA" / name)
+                save_image(img, root / split / "PNEUMONIA" / name)
                 counts[label] += 1
     return counts
 
@@ -370,31 +368,31 @@ def _write_cohen(root: Path, p: SynthParams, rng: np.random.Generator) -> dict[s
                     "annotation": bool(prng.uniform() < COHEN_ANNOTATION_PROB)
                     and p.source_shortcut,
                 }
-                size = _jitter_size(prng, pat.size, p)
-                _save(_render(pat.label, prng, size, traits, p), images / name)
+                size = jitter_size(prng, pat.size, p)
+                save_image(_render(pat.label, prng, size, traits, p), images / name)
                 writer.writerow(_cohen_row(fixed, base_days, offset, view, "X-ray", name))
                 counts["covid" if is_covid else "cohen_other"] += 1
                 if is_covid and int(first_image[idx]) + k in lateral_at:
-                    lrng = _patient_rng(p.seed, "lateral", lateral_seq)
+                    lrng = patient_rng(p.seed, "lateral", lateral_seq)
                     lateral_seq += 1
                     name = f"{next(names)}.jpg"
                     ltraits = {**pat.traits, "view": "L"}
-                    _save(_render("covid", lrng, pat.size, ltraits, p), images / name)
+                    save_image(_render("covid", lrng, pat.size, ltraits, p), images / name)
                     writer.writerow(_cohen_row(fixed, base_days, offset, "L", "X-ray", name))
                     counts["cohen_other"] += 1
             for _ in range(int(ct_per_patient[idx]) if is_covid else 0):
-                crng = _patient_rng(p.seed, "ct", ct_seq)
+                crng = patient_rng(p.seed, "ct", ct_seq)
                 ct_seq += 1
                 side = min(pat.size)
                 name = f"{next(names)}.png"
                 ctraits = {**pat.traits, "modality": "CT", "view": "Axial"}
-                _save(_render("covid", crng, (side, side), ctraits, p), images / name)
+                save_image(_render("covid", crng, (side, side), ctraits, p), images / name)
                 writer.writerow(_cohen_row(fixed, base_days, offset, "Axial", "CT", name))
                 counts["cohen_other"] += 1
     return counts
 
 
-def _version() -> str:
+def cxrflow_version() -> str:
     try:
         return importlib.metadata.version("cxrflow")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
@@ -406,7 +404,7 @@ def _phantom_note(p: SynthParams, counts: dict[str, int] | None) -> str:
         "# PHANTOM DATA: synthetic, not real patients",
         "",
         "Every image and every row of `cohen/metadata.csv` under this folder is synthetic,",
-        f"generated by cxrflow {_version()} (`cxrflow.data.synthetic.generate_phantom`).",
+        f"generated by cxrflow {cxrflow_version()} (`cxrflow.data.synthetic.generate_phantom`).",
         "No image shows a real patient; none may be used for any clinical purpose.",
         "",
         "## Parameters",

@@ -27,6 +27,7 @@ from cxrflow.steps.lineage import (
     log_report,
     new_pipeline_run_id,
     read_provenance,
+    run_commit,
     split_digest,
 )
 from cxrflow.steps.register import REGISTERED_FILE, format_promotion, run_register
@@ -62,6 +63,7 @@ __all__ = [
     "new_pipeline_run_id",
     "read_provenance",
     "run_audit",
+    "run_commit",
     "run_evaluate",
     "run_export",
     "run_finalize",

@@ -126,6 +126,39 @@ def _plots(
     return pngs
 
 
+def _score_externals(
+    ctx: StepContext,
+    model: Any,
+    info: ModelInfo,
+    manifest: Any,
+    cache: dict[tuple[str, int, tuple[str, ...]], Any],
+) -> dict[str, Any]:
+    """The model's figures on every external source (:mod:`cxrflow.external`)."""
+    import numpy as np
+
+    from cxrflow.audit import load_images, predict_proba
+    from cxrflow.external import external_rows, score_external
+
+    classes, size = list(info.classes), info.image_size
+    out: dict[str, Any] = {}
+    for ext in external_rows(manifest, classes):
+        slot = (ext.source, size, tuple(classes))
+        if slot not in cache:
+            with ctx.phase("data"):
+                cache[slot] = load_images(ctx.dataset_dir or "", ext.rows, size)
+        y = np.asarray([classes.index(c) for c in ext.rows["label"]], dtype=int)
+        with ctx.phase("compute"):
+            fig = score_external(
+                predict_proba(model, cache[slot]),
+                y,
+                ext.rows["patient_id"].astype(str).to_numpy(),
+                classes,
+                ctx.params.evaluate,
+            )
+        out[ext.source] = {**fig, "skipped": ext.skipped}
+    return out
+
+
 def _evaluate_one(
     ctx: StepContext,
     key: str,
@@ -133,12 +166,15 @@ def _evaluate_one(
     splits: str | Path,
     tests: dict[tuple[str, int], TestSplit],
     out: Path,
+    manifest: Any = None,
+    externals: dict[tuple[str, int, tuple[str, ...]], Any] | None = None,
 ) -> dict[str, Any]:
     """Score one model on its dataset's test split, plot it, log it to its run."""
     import keras
 
     from cxrflow.config import params_hash
     from cxrflow.evaluate import evaluate_model, flat_metrics
+    from cxrflow.external import flat_external
 
     params, prov = ctx.params, ctx.prov
     info = ModelInfo.read(mdir)
@@ -156,6 +192,10 @@ def _evaluate_one(
             model, test.x, test.y, classes, test.groups, params.evaluate
         )
         pngs = _plots(model, key, info, mdir, test, metrics, proba, params.evaluate, out / "plots")
+    if manifest is not None:
+        metrics["external"] = _score_externals(
+            ctx, model, info, manifest, {} if externals is None else externals
+        )
     metrics.update(
         model_key=key,
         dataset=dataset,
@@ -167,7 +207,9 @@ def _evaluate_one(
         pipeline_run_id=ctx.run_key,
         plots=[str(p.relative_to(out)) for p in pngs],
     )
-    ctx.tracking.log_metrics(info.run_id, flat_metrics(metrics))
+    ctx.tracking.log_metrics(
+        info.run_id, {**flat_metrics(metrics), **flat_external(metrics.get("external") or {})}
+    )
     ctx.tracking.log_dataset(
         info.run_id,
         f"{dataset}/test",
@@ -237,13 +279,16 @@ def run_evaluate(
         with ctx.phase("imports"):
             import keras  # noqa: F401 - counted as imports, not as the first model's load
 
+            from cxrflow.data.manifest import read_manifest
             from cxrflow.evaluate import flat_metrics
         out = Path(evaluation)
         (out / "plots").mkdir(parents=True, exist_ok=True)
         parent = ctx.open_parent()
         tests: dict[tuple[str, int], TestSplit] = {}
+        manifest = read_manifest(dataset)
+        externals: dict[tuple[str, int, tuple[str, ...]], Any] = {}
         results = {
-            key: _evaluate_one(ctx, key, Path(models[key]), splits, tests, out)
+            key: _evaluate_one(ctx, key, Path(models[key]), splits, tests, out, manifest, externals)
             for key in sorted(models)
         }
         pairs = _mcnemar(results, tests)
@@ -303,6 +348,9 @@ def format_summary(
         for key, m in sorted(results.items())
     ]
     text = format_table(header, rows)
+    external = format_external(results)
+    if external:
+        text += "\n\nExternal sources (never trained on, never split):\n\n" + external
     if mcnemar:
         pairs = [
             [
@@ -317,6 +365,40 @@ def format_summary(
         header2 = ["McNemar", "dataset", "a right, b wrong", "a wrong, b right", "p"]
         text += "\n\n" + format_table(header2, pairs)
     return text + "\n"
+
+
+def _pct(fig: Mapping[str, Any] | None) -> str:
+    """``value [low, high]`` of a share, in percent."""
+    fig = fig or {}
+    if fig.get("value") is None:
+        return "n/a"
+    if fig.get("ci_low") is None:
+        return f"{100 * fig['value']:.1f}"
+    return f"{100 * fig['value']:.1f} [{100 * fig['ci_low']:.1f}, {100 * fig['ci_high']:.1f}]"
+
+
+def format_external(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of every model on every external source ("" when there is none)."""
+    header = [
+        "model", "source", "n (patients)", "accuracy % [95% CI]", "macro F1 % [95% CI]",
+        "non-COVID called COVID-19 % [95% CI]", "not scored",
+    ]  # fmt: skip
+    rows = []
+    for key, m in sorted(results.items()):
+        for source, fig in sorted((m.get("external") or {}).items()):
+            skipped = ", ".join(f"{n} {label}" for label, n in (fig.get("skipped") or {}).items())
+            rows.append(
+                [
+                    key,
+                    source,
+                    f"{fig.get('n', 0)} ({fig.get('n_patients', 0)})",
+                    _pct(fig.get("accuracy_ci")),
+                    _pct(fig.get("f1_macro_ci")),
+                    _pct(fig.get("non_covid_called_covid")),
+                    skipped or "-",
+                ]
+            )
+    return format_table(header, rows) if rows else ""
 
 
 def _publish(results: Mapping[str, Any] | None, outputs: Mapping[str, Any]) -> None:

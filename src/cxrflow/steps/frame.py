@@ -105,6 +105,9 @@ def step_frame(
     times = StepTimes(step)
     with times.phase("imports"):
         from cxrflow import tracking
+        from cxrflow.data.sources.roles import configure_sources
+
+    configure_sources(params.data)  # a csv source is registered in this step's process
 
     ctx = StepContext(
         step, params, times, times.timed(tracking, "tracking"), dataset_dir, pipeline_run_id

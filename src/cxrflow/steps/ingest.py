@@ -42,12 +42,20 @@ def _read_sources(params: Params, tmp: Path) -> tuple[dict[str, list[Path]], str
             "no data configured (data.sources): generating PHANTOM (synthetic) data; "
             "results say nothing clinical"
         )
-        phantom = generate_phantom(tmp, data.synth).sources
-        return (
-            {k: [Path(r) for r in v] for k, v in phantom.items()},
-            phantom_version(data.synth),
-            registry,
-        )
+        roots = {
+            k: [Path(r) for r in v] for k, v in generate_phantom(tmp, data.synth).sources.items()
+        }
+        if data.synth.external_site_patients:
+            from cxrflow.config import PHANTOM_SITE
+            from cxrflow.data.phantom_site import write_external_site
+
+            site = write_external_site(
+                tmp / PHANTOM_SITE,
+                data.synth,
+                n_patients_per_class=data.synth.external_site_patients,
+            )
+            roots[PHANTOM_SITE] = [Path(site.root)]
+        return roots, phantom_version(data.synth), registry
     roots = {name: [Path(r) for r in rs] for name, rs in data.sources.items()}
     return roots, "unversioned", registry
 
@@ -79,9 +87,11 @@ def run_ingest(
         with ctx.phase("imports"):
             from cxrflow.data.ingest import ingest
             from cxrflow.data.manifest import manifest_hash, read_manifest
+            from cxrflow.data.sources.roles import configure_sources
             from cxrflow.data.synthetic import is_phantom
 
         out = Path(dataset)
+        data = params.data
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="cxrflow-raw-") as tmp, ctx.phase("data"):
             roots, version, registry = _read_sources(params, Path(tmp))
@@ -89,10 +99,10 @@ def run_ingest(
             origin = "phantom" if flat and all(is_phantom(r) for r in flat) else "real"
             if origin == "real" and any(is_phantom(r) for r in flat):
                 raise ValueError(f"mixing phantom and real sources is not allowed: {flat}")
-            pairs = [(name, r) for name, rs in roots.items() for r in rs]
+            sources = configure_sources(data)  # each source read as its role says
+            pairs = [(sources.get(name, name), r) for name, rs in roots.items() for r in rs]
             report = ingest(out, params.ingest, sources=pairs, origin=origin)
         manifest = read_manifest(out)
-        data = params.data
         prov = Provenance(
             pipeline_run_id=pipeline_run_id or new_pipeline_run_id(),
             data_version=version,

@@ -202,3 +202,17 @@ def log_report(params: Params, dataset_dir: str | Path, files: list[Path]) -> st
     for f in files:
         tracking.log_artifact(parent, f, "report")
     return parent
+
+
+def run_commit(params: Params, dataset_dir: str | Path) -> str:
+    """The git commit the code of the run that made ``dataset_dir`` was at (its parent run's
+    ``mlflow.source.git.commit`` tag); "" when the tracking store or the tag is not there."""
+    from cxrflow import tracking
+
+    prov = read_provenance(dataset_dir)
+    if not tracking.tracking_store_exists():
+        return ""
+    parent = tracking.find_parent_run(params.tracking.experiment_name, prov.pipeline_run_id)
+    if parent is None:
+        return ""
+    return tracking.run_tags(parent).get("mlflow.source.git.commit", "")

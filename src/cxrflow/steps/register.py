@@ -54,7 +54,9 @@ def _version_tags(
     c = decision.comparison
     if c is not None:
         tags |= {
-            names.TAG_PROMOTION_METRIC: metric,
+            names.TAG_PROMOTION_METRIC: metric
+            if params.register.score_on == "test"
+            else f"{metric} on {params.register.score_on}",
             names.TAG_PROMOTION_CHAMPION_VERSION: str(c.champion_version),
             names.TAG_PROMOTION_DIFFERENCE: f"{c.difference:.6f}",
             names.TAG_PROMOTION_CI_LOW: f"{c.ci_low:.6f}",
@@ -64,11 +66,44 @@ def _version_tags(
     return tags
 
 
+def candidate_score(m: ModelEvaluation, metric: str, score_on: str) -> float:
+    """``metric`` of a candidate where ``register.score_on`` says: its test split, or an
+    external source (NaN when the candidate was not scored there)."""
+    if score_on == "test":
+        value = m.figure(metric)
+    else:
+        value = ((m.figure("external") or {}).get(score_on) or {}).get(metric)
+    return float("nan") if value is None else float(value)
+
+
+def _external_images(
+    dataset: str | Path, source: str, classes: list[str], size: int
+) -> tuple[Any, Any, Any]:
+    """Images, labels and patient ids of an external source, as evaluate scored them."""
+    import numpy as np
+
+    from cxrflow.audit import load_images
+    from cxrflow.data.manifest import read_manifest
+    from cxrflow.external import external_rows
+
+    ext = next(e for e in external_rows(read_manifest(dataset), classes) if e.source == source)
+    x = load_images(dataset, ext.rows, size)
+    y = np.asarray([classes.index(c) for c in ext.rows["label"]], dtype=int)
+    return x, y, ext.rows["patient_id"].astype(str).to_numpy()
+
+
 def _champion_predictions(
-    tracking: Any, model_name: str, version: int, dataset: str | Path, splits: str | Path, m: Any
+    tracking: Any,
+    model_name: str,
+    version: int,
+    dataset: str | Path,
+    splits: str | Path,
+    m: Any,
+    score_on: str = "test",
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """The champion's predicted labels on the test split of ``m``'s dataset, with the split's
-    labels and patient ids, and the champion's metadata."""
+    """The champion's predicted labels on the test split of ``m``'s dataset (or on the
+    external source ``score_on``), with those images' labels and patient ids, and the
+    champion's metadata."""
     import numpy as np
 
     from cxrflow.steps.evaluate import load_test_split
@@ -81,9 +116,12 @@ def _champion_predictions(
             "be evaluated on this test split; promote a version by hand with `cxrflow model "
             "promote VERSION --reason ...`"
         )
-    test = load_test_split(
-        dataset, splits, m.dataset, list(meta["classes"]), int(meta["image_size"])
-    )
+    classes, size = list(meta["classes"]), int(meta["image_size"])
+    if score_on != "test":
+        x, y, groups = _external_images(dataset, score_on, classes, size)
+        proba = np.asarray(model.predict(x.astype(np.float32), verbose=0))
+        return proba.argmax(axis=1), y, groups, meta
+    test = load_test_split(dataset, splits, m.dataset, classes, size)
     proba = np.asarray(model.predict(test.x.astype(np.float32), verbose=0))
     return proba.argmax(axis=1), test.y, test.groups, meta
 
@@ -119,20 +157,26 @@ def compare_with_champion(
     not_comparable: dict[str, str] = {}
     comparisons: dict[str, Any] = {}
     loaded: dict[str, tuple[Any, Any, Any, dict[str, Any]]] = {}
+    external = rp.score_on != "test"
     for key in keys:
         m = results[key]
-        if champ_dataset and champ_dataset != m.dataset:
+        if champ_dataset and champ_dataset != m.dataset and not external:
             not_comparable[key] = f"it was trained on {champ_dataset}, {key} on {m.dataset}"
             continue
-        if m.dataset not in loaded:
-            loaded[m.dataset] = _champion_predictions(
-                tracking, rp.model_name, version, dataset, splits, m
+        slot = rp.score_on if external else m.dataset
+        if slot not in loaded:
+            loaded[slot] = _champion_predictions(
+                tracking, rp.model_name, version, dataset, splits, m, rp.score_on
             )
-        champ_pred, y, groups, meta = loaded[m.dataset]
+        champ_pred, y, groups, meta = loaded[slot]
         if list(meta.get("classes", [])) != list(m.classes):
             not_comparable[key] = f"its classes {meta.get('classes')} are not {list(m.classes)}"
             continue
-        pred = np.asarray(m.figure("predictions") or [], dtype=int)
+        scored = ((m.figure("external") or {}).get(rp.score_on) or {}) if external else None
+        pred = np.asarray(
+            (scored or {}).get("predictions", []) if external else m.figure("predictions") or [],
+            dtype=int,
+        )
         if len(pred) != len(y):
             not_comparable[key] = (
                 f"{key} predicted {len(pred)} test images, this test split has {len(y)}"
@@ -202,12 +246,17 @@ def run_register(
                 champion = compare_with_champion(
                     params, current, results, dataset, splits, tracking
                 )
+        scores = {
+            k: candidate_score(results[k], rp.metric, rp.score_on)
+            for k in rp.candidates
+            if k in results
+        }
         decision = decide_promotion(
-            {k: float(results[k].figure(rp.metric)) for k in rp.candidates if k in results},
+            scores,
             rp.candidates,
             {k: (audit.root[k].passed if k in audit.root else None) for k in rp.candidates},
             champion,
-            metric=rp.metric,
+            metric=rp.metric if rp.score_on == "test" else f"{rp.metric} on {rp.score_on}",
             margin=rp.promotion_margin,
             block_on_audit=params.audit.block_promotion,
             allow_unaudited=rp.allow_unaudited,
@@ -237,8 +286,8 @@ def run_register(
             reason=decision.reason,
             champion=m.model_key if decision.role == CHAMPION else None,
             previous_champion_version=None if current is None else current["version"],
-            metric=rp.metric,
-            value=float(m.figure(rp.metric)),
+            metric=rp.metric if rp.score_on == "test" else f"{rp.metric} on {rp.score_on}",
+            value=scores[m.model_key],
             model_name=rp.model_name,
             alias=alias,
             version=version,
@@ -246,9 +295,7 @@ def run_register(
             source_model_uri=m.model_uri,
             audit_passed=decision.audit_passed,
             eligible=list(decision.eligible),
-            candidates={
-                k: float(results[k].figure(rp.metric)) for k in rp.candidates if k in results
-            },
+            candidates=scores,
             audit={k: {"passed": v.passed, "reasons": v.reasons} for k, v in audit.root.items()},
             run_id=m.run_id,
             dataset=m.dataset,

@@ -49,7 +49,10 @@ STUDY = "study"
 """Cohort of the paper's data: the rows the datasets are built from."""
 CONTROL = "control"
 """Cohort of same-source control images: kept for the shortcut audit, never in a dataset."""
-COHORTS: tuple[str, ...] = (STUDY, CONTROL)
+EXTERNAL = "external"
+"""Cohort of an external source's images (``data.source_settings.<name>.role: external``):
+never trained on, never split; every model is scored on them separately."""
+COHORTS: tuple[str, ...] = (STUDY, CONTROL, EXTERNAL)
 """Values of the manifest's ``cohort`` column."""
 POPULATIONS: tuple[str, ...] = ("pediatric", "adult")
 """Values of :attr:`Source.population`."""
@@ -95,7 +98,8 @@ class Rejected:
         source: The source's name.
         original_path: Path relative to the parent of the source root (as written in the
             metadata for a metadata row, even when it escapes the root).
-        reason: ``unknown_label``, ``unknown_label_folder``, ``path_escape`` or ``missing_file``.
+        reason: ``unknown_label``, ``unknown_label_folder``, ``path_escape``, ``missing_file``,
+            ``missing_patient_id`` or ``duplicate_row`` (a CSV source).
         detail: One line for a person.
         label: The label the input would have had, or :data:`UNKNOWN_LABEL`.
         cohort: The cohort it would have joined (:data:`STUDY` or :data:`CONTROL`).

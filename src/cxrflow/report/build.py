@@ -1,4 +1,4 @@
-"""The reproduction report: the paper's numbers beside ours, with uncertainty and the audit.
+"""The reproduction report document.
 
 :func:`build_report` reads the outputs of one pipeline run (ingest, split, evaluate, audit,
 register) and writes ``reproduction.md`` with its figures in ``reproduction_files/`` and one
@@ -8,14 +8,22 @@ files; the paper's numbers are quoted from Katsamenis et al. (2020), section 4.2
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cxrflow.artifacts import AuditReport, Evaluation, Provenance, Registration
+from cxrflow.report.outputs import RunOutputs, _load, _read
+from cxrflow.report.sections import (
+    _ci,
+    external_section,
+    headline_table,
+    metric_ci,
+    resnet_section,
+    variant_section,
+    verdict_paragraph,
+)
 from cxrflow.tables import format_table
 
 PAPER = {
@@ -43,119 +51,8 @@ PAPER_LATENCY_MS = (26.9, 42.7)  # per test image on an NVIDIA K80 (Figure 6)
 PAPER_COUNTS = {"normal": 544, "bacterial": 500, "covid": 456}
 
 
-LOCAL_RUNS = Path("runs/kfp")
-"""Where ``cxrflow pipeline run --local`` (``make run``) keeps its runs unless told otherwise."""
-
-
-@dataclass(frozen=True)
-class RunOutputs:
-    """Where one run's step outputs are."""
-
-    dataset: Path
-    splits: Path
-    evaluation: Path
-    audit: Path | None
-    registered: Path | None
-
-    @classmethod
-    def latest(cls, root: str | Path = LOCAL_RUNS) -> tuple[Path, RunOutputs]:
-        """The newest complete run under ``root`` (by modification time) and its outputs: what
-        ``cxrflow report`` and ``cxrflow export`` use when given no run.
-
-        Raises:
-            FileNotFoundError: No complete run there; the message says what to do.
-        """
-        runs = sorted(
-            (p for p in Path(root).glob("*") if p.is_dir()),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
-        for run in runs:
-            try:
-                return run, cls.from_kfp_run(run)
-            except FileNotFoundError:
-                continue
-        raise FileNotFoundError(
-            f"no complete cxrflow run under {root}: run `make run` first, or give --run-dir "
-            "(or the step outputs)"
-        )
-
-    @classmethod
-    def from_kfp_run(cls, run_dir: str | Path) -> RunOutputs:
-        """Locate the step outputs inside a ``kfp.local`` run directory."""
-        root = Path(run_dir)
-
-        def one(pattern: str) -> Path | None:
-            hits = sorted(root.glob(pattern))
-            return hits[-1] if hits else None
-
-        dataset = one("ingest/dataset")
-        splits = one("split/splits")
-        evaluation = one("evaluate/evaluation")
-        if dataset is None or splits is None or evaluation is None:
-            raise FileNotFoundError(
-                f"{root}: not a complete cxrflow run (need ingest/dataset, split/splits, "
-                "evaluate/evaluation)"
-            )
-        return cls(
-            dataset, splits, evaluation, one("audit/audit_report"), one("register/registered")
-        )
-
-
-def data_of_run(
-    run_dir: Path | None, dataset: Path | None, splits: Path | None
-) -> tuple[Path, Path, Path | None]:
-    """The ingest and split outputs to use: both given, else those of ``run_dir``, else those
-    of the newest local run (:meth:`RunOutputs.latest`), which is returned third so that the
-    caller can say which (None when the caller named the data).
-
-    Raises:
-        ValueError: A mix of ``run_dir`` and paths, or one path without the other.
-        FileNotFoundError: No complete run where one was looked for.
-    """
-    if dataset is not None and splits is not None:
-        if run_dir is not None:
-            raise ValueError("give --run-dir or --dataset and --splits, not both")
-        return dataset, splits, None
-    if dataset is not None or splits is not None:
-        raise ValueError("give --dataset and --splits together (or --run-dir)")
-    if run_dir is None:
-        newest, outputs = RunOutputs.latest()
-        return outputs.dataset, outputs.splits, newest
-    outputs = RunOutputs.from_kfp_run(run_dir)
-    return outputs.dataset, outputs.splits, None
-
-
-def _read(artifact: Any, path: Path | None) -> Any:
-    """A step's typed output file as plain data (None where the step left none)."""
-    if not artifact.exists(path):
-        return None
-    return artifact.read(path).model_dump(mode="json")
-
-
-def _load(path: Path | None, name: str) -> Any:
-    if path is None or not (path / name).is_file():
-        return None
-    return json.loads((path / name).read_text())
-
-
 def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{100 * float(value):.1f}"
-
-
-def _ci(block: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
-    if not block or block.get("value") is None:
-        return "n/a"
-    v = float(block["value"]) * scale
-    lo, hi = block.get("ci_low"), block.get("ci_high")
-    if lo is None or hi is None:
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} [{float(lo) * scale:.{digits}f}, {float(hi) * scale:.{digits}f}]"
-
-
-def _metric_block(m: Mapping[str, Any], name: str) -> dict[str, Any]:
-    ci = m.get(f"{name}_ci") or {}
-    return {"value": m.get(name), "ci_low": ci.get("ci_low"), "ci_high": ci.get("ci_high")}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -228,7 +125,8 @@ DIFFERENCES = [
     "repository it comes from; the paper used the originals.",
     "No ImageNet weights can be downloaded here: Model_3 is ResNet-50 trained from random "
     "initialisation (allowed explicitly by models.model_3.allow_random_init), so it is not the "
-    "paper's Model_3 and its numbers say nothing about ImageNet transfer.",
+    "paper's Model_3 and its numbers say nothing about ImageNet transfer; where the run has "
+    "one, a ResNet-50 pretrained on Dataset_0 in the pipeline stands in for ImageNet (above).",
     "The small CNN's architecture exists only as the paper's Figure 3; cxrflow's reading is four "
     "conv/max-pool blocks, a dense layer with dropout and a softmax classifier.",
     "Splits are grouped by patient (the paper does not say it did this), and every interval "
@@ -238,75 +136,9 @@ DIFFERENCES = [
 ]
 
 
-def build_report(
-    outputs: RunOutputs,
-    params: Any,
-    out_dir: str | Path,
-    *,
-    hardware: Mapping[str, Any] | None = None,
-    elapsed: str = "",
-    notes: tuple[str, ...] = (),
-    patient_images: bool = True,
-) -> tuple[Path, Path]:
-    """Write ``reproduction.md`` (+ ``reproduction_files/``) and ``reproduction.html``.
-
-    Args:
-        outputs: The run's step outputs.
-        params: The run's resolved :class:`cxrflow.config.Params`.
-        out_dir: Where to write.
-        hardware: The evaluation hardware (default: what evaluate recorded).
-        elapsed: Wall time of the run, as text.
-        notes: Sentences about how this run was made, listed under "About this run".
-        patient_images: Include figures that show the patients' X-rays (Grad-CAM overlays, the
-            mask picture). Off for a report that goes into a repository that must not store
-            the images: the figures stay in MLflow and in the run's outputs.
-
-    Returns:
-        The Markdown and HTML paths.
-    """
-    from cxrflow.config import params_hash
-    from cxrflow.htmlpack import render_page
-
-    out = Path(out_dir)
-    files = out / "reproduction_files"
-    files.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = _read(Evaluation, outputs.evaluation) or {}
-    mcnemar: list[dict[str, Any]] = _load(outputs.evaluation, "mcnemar.json") or []
-    audit: dict[str, Any] = _read(AuditReport, outputs.audit) or {}
-    registered = _read(Registration, outputs.registered)
-    ingest = _load(outputs.dataset, "ingest_report.json") or {}
-    provenance = _read(Provenance, outputs.dataset) or {}
-    split = _load(outputs.splits, "split_report.json") or {}
-    any_metrics: Mapping[str, Any] = next(iter(metrics.values()), {})
-    hw = dict(hardware or any_metrics.get("hardware") or {})
-
-    def figure(rel: str, caption: str) -> str:
-        src = outputs.evaluation / rel
-        if not src.is_file() or (not patient_images and src.name.startswith("gradcam_")):
-            return ""
-        shutil.copyfile(src, files / src.name)
-        return f"![{caption}](reproduction_files/{src.name})"
-
-    lines = [
-        "# Reproduction report: Katsamenis et al. (2020) with cxrflow",
-        "",
-        f"- Data version: `{provenance.get('data_version', '?')}`, manifest hash "
-        f"`{str(provenance.get('manifest_hash', '?'))[:16]}`, origin "
-        f"**{provenance.get('origin', '?')}**",
-        f"- Profile `{params.profile}`, params hash `{params_hash(params)}`; image size "
-        f"{params.train.image_size} px, batch {params.train.batch_size}, up to "
-        f"{params.train.epochs} epochs, early stopping patience {params.train.patience}, "
-        f"plateau patience {params.train.reduce_lr_patience}, Dataset_0 cap "
-        f"{params.split.dataset_0_max_per_class or 'none'} per class",
-        f"- Hardware: {hw.get('cpu_model', '?')} ({hw.get('cpu_count', '?')} cores), "
-        f"TensorFlow {hw.get('tensorflow', '?')}, GPUs: {hw.get('gpus') or 'none'}"
-        + (f"; run time {elapsed}" if elapsed else ""),
-        f"- Uncertainty: {int(100 * params.evaluate.confidence)} % percentile intervals from "
-        f"{params.evaluate.bootstrap_samples} bootstrap resamples of **patients** (not images).",
-        "",
-        "## Data",
-        "",
-    ]
+def _data_lines(ingest: Mapping[str, Any], split: Mapping[str, Any]) -> list[str]:
+    """The data section: what ingest kept, Dataset_1's split and the confounds."""
+    lines: list[str] = []
     if ingest:
         lines.append(
             f"Ingest considered {ingest.get('considered')} inputs: {ingest.get('kept')} kept, "
@@ -333,6 +165,12 @@ def build_report(
     for ds, warns in (split.get("confounds") or {}).items():
         for w in warns:
             lines.append(f"\n> Confound ({ds}): {w}")
+    return lines
+
+
+def _results_lines(metrics: Mapping[str, Any], mcnemar: list[dict[str, Any]]) -> list[str]:
+    """The paper's numbers beside ours, and McNemar's tests."""
+    lines: list[str] = []
     lines += ["", "## Results on the test split of Dataset_1 (paper beside ours)", ""]
     rows = []
     for key in sorted(metrics):
@@ -344,10 +182,10 @@ def build_report(
                 m.get("dataset", ""),
                 str(m.get("n_test", "")),
                 f"{paper['accuracy']:.2f}" if paper else "-",
-                _ci(_metric_block(m, "accuracy")),
+                _ci(metric_ci(m, "accuracy")),
                 f"{paper['f1_macro']:.2f}" if paper else "-",
-                _ci(_metric_block(m, "f1_macro")),
-                _ci(_metric_block(m, "roc_auc_macro"), 1, 3),
+                _ci(metric_ci(m, "f1_macro")),
+                _ci(metric_ci(m, "roc_auc_macro"), 1, 3),
                 f"{m.get('ece', 0):.3f}" if m.get("ece") is not None else "n/a",
                 f"{(m.get('latency') or {}).get('batch1_mean_ms', m.get('latency_ms_per_image', 0)):.1f}",
             ]
@@ -389,7 +227,98 @@ def build_report(
                 for p in mcnemar
             ],
         )
-    lines += ["", "## The shortcut audit", ""]
+    return lines
+
+
+def build_report(
+    outputs: RunOutputs,
+    params: Any,
+    out_dir: str | Path,
+    *,
+    hardware: Mapping[str, Any] | None = None,
+    elapsed: str = "",
+    notes: tuple[str, ...] = (),
+    patient_images: bool = True,
+    commit: str = "",
+) -> tuple[Path, Path]:
+    """Write ``reproduction.md`` (+ ``reproduction_files/``) and ``reproduction.html``.
+
+    Args:
+        outputs: The run's step outputs.
+        params: The run's resolved :class:`cxrflow.config.Params`.
+        out_dir: Where to write.
+        hardware: The evaluation hardware (default: what evaluate recorded).
+        elapsed: Wall time of the run, as text.
+        notes: Sentences about how this run was made, listed under "About this run".
+        patient_images: Include figures that show the patients' X-rays (Grad-CAM overlays, the
+            mask picture). Off for a report that goes into a repository that must not store
+            the images: the figures stay in MLflow and in the run's outputs.
+        commit: The git commit the run's code was at (its MLflow source tag), if known.
+
+    Returns:
+        The Markdown and HTML paths.
+    """
+    from cxrflow.config import params_hash
+    from cxrflow.htmlpack import render_page
+
+    out = Path(out_dir)
+    files = out / "reproduction_files"
+    files.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = _read(Evaluation, outputs.evaluation) or {}
+    mcnemar: list[dict[str, Any]] = _load(outputs.evaluation, "mcnemar.json") or []
+    audit: dict[str, Any] = _read(AuditReport, outputs.audit) or {}
+    registered = _read(Registration, outputs.registered)
+    ingest = _load(outputs.dataset, "ingest_report.json") or {}
+    provenance = _read(Provenance, outputs.dataset) or {}
+    split = _load(outputs.splits, "split_report.json") or {}
+    any_metrics: Mapping[str, Any] = next(iter(metrics.values()), {})
+    hw = dict(hardware or any_metrics.get("hardware") or {})
+
+    def figure(rel: str, caption: str) -> str:
+        src = outputs.evaluation / rel
+        if not src.is_file() or (not patient_images and src.name.startswith("gradcam_")):
+            return ""
+        shutil.copyfile(src, files / src.name)
+        return f"![{caption}](reproduction_files/{src.name})"
+
+    own_epochs = ", ".join(
+        f"{k} {spec.epochs}" for k, spec in params.models.items() if spec.epochs is not None
+    )
+    lines = [
+        "# Reproduction report: Katsamenis et al. (2020) with cxrflow",
+        "",
+        *verdict_paragraph(metrics, audit, registered),
+        "",
+        "## Headline",
+        "",
+        *headline_table(metrics, audit, params),
+        "",
+        "## This run",
+        "",
+        f"- One run of commit `{commit[:12] or '?'}`: every number in this report comes "
+        "from its outputs.",
+        f"- Data version: `{provenance.get('data_version', '?')}`, manifest hash "
+        f"`{str(provenance.get('manifest_hash', '?'))[:16]}`, origin "
+        f"**{provenance.get('origin', '?')}**",
+        f"- Profile `{params.profile}`, params hash `{params_hash(params)}`; image size "
+        f"{params.train.image_size} px, batch {params.train.batch_size}, up to "
+        f"{params.train.epochs} epochs, early stopping patience {params.train.patience}, "
+        f"plateau patience {params.train.reduce_lr_patience}, Dataset_0 cap "
+        f"{params.split.dataset_0_max_per_class or 'none'} per class"
+        + (f"; a model's own epoch cap: {own_epochs}" if own_epochs else ""),
+        f"- Hardware: {hw.get('cpu_model', '?')} ({hw.get('cpu_count', '?')} cores), "
+        f"TensorFlow {hw.get('tensorflow', '?')}, GPUs: {hw.get('gpus') or 'none'}"
+        + (f"; run time {elapsed}" if elapsed else ""),
+        f"- Uncertainty: {int(100 * params.evaluate.confidence)} % percentile intervals from "
+        f"{params.evaluate.bootstrap_samples} bootstrap resamples of **patients** (not images).",
+        "",
+        "## Data",
+        "",
+    ]
+    lines += _data_lines(ingest, split)
+    lines += _results_lines(metrics, mcnemar)
+    lines += ["", *resnet_section(metrics, mcnemar, params)]
+    lines += ["## The shortcut audit", ""]
     if audit:
         lines += _audit_rows(audit)
         mask = next(iter(sorted(outputs.audit.glob("*.png"))), None) if outputs.audit else None
@@ -398,6 +327,8 @@ def build_report(
             lines += ["", f"![the lung-field mask](reproduction_files/{mask.name})"]
     else:
         lines.append("No audit output was found for this run.")
+    lines += ["", *variant_section(metrics, audit, split, params)]
+    lines += ["", *external_section(metrics)]
     if registered:
         lines += [
             "",
