@@ -53,6 +53,19 @@ def model_dir(run_dir: Path, key: str) -> Path:
     raise FileNotFoundError(f"{run_dir}: no trained {key} ({key.replace('_', '-')}/model)")
 
 
+def run_data(run_dir: Path) -> tuple[Path, Path]:
+    """The ingest and split outputs of a kfp.local run (evaluation not needed).
+
+    Raises:
+        FileNotFoundError: The run has not split its data yet.
+    """
+    dataset = sorted(run_dir.glob("ingest/dataset"))
+    splits = sorted(run_dir.glob("split/splits"))
+    if not dataset or not splits:
+        raise FileNotFoundError(f"{run_dir}: no ingest/dataset and split/splits")
+    return dataset[-1], splits[-1]
+
+
 def split_of(
     dataset: Path, splits: Path, name: str, part: str, classes: list[str], size: int
 ) -> Split:
@@ -92,16 +105,15 @@ def main() -> int:
 
     from cxrflow.artifacts import ModelInfo
     from cxrflow.evaluate import hardware_info
-    from cxrflow.report import RunOutputs
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    outputs = RunOutputs.from_kfp_run(args.run_dir)
+    dataset, splits_dir = run_data(args.run_dir)
     mdir = model_dir(args.run_dir, args.model)
     info = ModelInfo.read(mdir)
     classes, size = list(info.classes), int(info.image_size)
     splits = {
-        part: split_of(outputs.dataset, outputs.splits, info.dataset, part, classes, size)
+        part: split_of(dataset, splits_dir, info.dataset, part, classes, size)
         for part in ("train", "test")
     }
     log(
