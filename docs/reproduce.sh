@@ -6,7 +6,8 @@
 #    registry as data-v1 (runs/data-registry; its DVC remote is the folder runs/dvc-remote here,
 #    an S3 bucket on a cluster: CXRFLOW_DATA_REMOTE), and the run is pinned to that version.
 # 2. One `cxrflow pipeline run --local` of this commit with the `sample` profile (params.yaml)
-#    trains and evaluates every model; 3. `cxrflow report` writes the report from that run.
+#    trains and evaluates every model; 3. `cxrflow report` writes the report from that run;
+# 4. bench/int8_trained.py checks int8 against fp32 on its trained ResNet-50 (model_5).
 # MLflow: ./runs/reproduction/mlruns.db unless MLFLOW_TRACKING_URI is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,8 +41,9 @@ SETTINGS=(
 )
 LOG=$OUT/pipeline.log
 RESUME=()
-if [ -f "$LOG" ] && ! grep -q "cxrflow pipeline finished" "$LOG"; then
-  id=$(grep -o 'pipeline run id [^ ;]*' "$LOG" | head -1 | cut -d' ' -f4 || true)
+if [ -f "$LOG" ]; then  # the last run in the log, unless it finished: continue it
+  id=$(awk '/pipeline run id /{id=$4; sub(/;$/, "", id); done=0}
+            /cxrflow pipeline finished/{done=1} END{if (!done) print id}' "$LOG")
   if [ -n "$id" ]; then
     RESUME=(--resume "$id")
   fi
@@ -58,3 +60,7 @@ elapsed="$(( total / 60 )) min"
 # overlays stay in the run's outputs and in MLflow)
 .venv/bin/cxrflow "${SETTINGS[@]}" report --run-dir "$run_dir" --out docs --elapsed "$elapsed" \
   --no-patient-images
+# the int8 check on the trained ImageNet-free ResNet-50 (bench/int8_trained.py), into the
+# performance table (docs/performance.md)
+.venv/bin/python bench/int8_trained.py --run-dir "$run_dir" --model model_5
+.venv/bin/python bench/report.py

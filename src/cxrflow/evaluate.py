@@ -165,6 +165,27 @@ def hardware_info() -> dict[str, Any]:
     return info
 
 
+def summarize(
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    groups: Sequence[Any] | np.ndarray,
+    params: EvaluateParams,
+) -> dict[str, Any]:
+    """:func:`cxrflow.stats.metric_summary` with the evaluation's bootstrap size, confidence,
+    seed and calibration bins (the test split's and an external source's figures alike)."""
+    return metric_summary(
+        y,
+        proba,
+        classes,
+        groups,
+        n_boot=params.bootstrap_samples,
+        confidence=params.confidence,
+        seed=params.seed,
+        bins=params.calibration_bins,
+    )
+
+
 def evaluate_model(
     model: Any,
     x: np.ndarray,
@@ -197,16 +218,7 @@ def evaluate_model(
     if len(x) == 0:
         raise ValueError("empty test split")
     probs = np.asarray(model.predict(x.astype(np.float32), verbose=0))
-    summary = metric_summary(
-        y,
-        probs,
-        classes,
-        groups,
-        n_boot=params.bootstrap_samples,
-        confidence=params.confidence,
-        seed=params.seed,
-        bins=params.calibration_bins,
-    )
+    summary = summarize(y, probs, classes, groups, params)
     metrics: dict[str, Any] = {}
     for key, value in summary.items():
         if key in SCALAR_METRICS:

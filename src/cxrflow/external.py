@@ -95,22 +95,13 @@ def score_external(
         without a COVID-19 class). Empty input gives ``n`` 0 and nothing else.
     """
     from cxrflow.audit.estimates import rate_with_ci
-    from cxrflow.stats import metric_summary
+    from cxrflow.evaluate import summarize
 
     y = np.asarray(y, dtype=int)
     groups = np.asarray(groups)
     if len(y) == 0:
         return {"n": 0, "n_patients": 0}
-    summary = metric_summary(
-        y,
-        proba,
-        classes,
-        groups,
-        n_boot=params.bootstrap_samples,
-        confidence=params.confidence,
-        seed=params.seed,
-        bins=params.calibration_bins,
-    )
+    summary = summarize(y, proba, classes, groups, params)
     pred = np.asarray(proba).argmax(axis=1)
     out: dict[str, Any] = {
         "n": len(y),

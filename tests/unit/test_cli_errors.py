@@ -197,3 +197,16 @@ def test_a_failing_step_run_by_hand_prints_its_error_first(tmp_path: Path) -> No
     )
     assert res.returncode == 0, res.stderr
     assert res.stderr.splitlines()[0] == "cxrflow: error: after the import", res.stderr
+
+
+def test_a_run_says_how_to_continue_it_if_it_is_cut() -> None:
+    from pipelines.cli import _resume_hint
+
+    assert _resume_hint("local-1", False, "/ckpt") == (
+        "pipeline run id local-1; if it is cut: cxrflow pipeline run --local --resume local-1"
+    )
+    # without a durable checkpoint root a cut run starts its training again: said, not hidden
+    assert "train.checkpoint_root is not set" in _resume_hint("local-1", False, None)
+    assert _resume_hint("local-1", True, "/ckpt") == (
+        "pipeline run id local-1 (resumed; checkpoints in /ckpt)"
+    )

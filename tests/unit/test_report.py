@@ -112,9 +112,17 @@ def test_report_from_run_outputs(tmp_path: Path) -> None:
         },
     )
     md, html = build_report(
-        RunOutputs(ds, sp, ev, au, rg), load_params(ROOT / "params.yaml"), tmp_path / "out"
+        RunOutputs(ds, sp, ev, au, rg),
+        load_params(ROOT / "params.yaml"),
+        tmp_path / "out",
+        commit="a" * 40,
+        rendered_at="b" * 40,
     )
     text = md.read_text()
+    # the verdict is the first paragraph; the run's commit and the layout's are both named
+    assert text.split("\n")[2].startswith("**Verdict: the shortcut audit failed 1 of 1")
+    assert "One run of commit `aaaaaaaaaaaa`" in text
+    assert "laid out by `cxrflow report` at commit `bbbbbbbbbbbb`" in text
     assert f"{PAPER['model_1']['accuracy']:.2f}" in text  # the paper's number beside ours
     assert "92.4 [88.0, 95.0]" in text  # ours with its CI
     assert "0.146" in text and "model_1 vs model_2" in text  # McNemar

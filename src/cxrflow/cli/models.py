@@ -261,6 +261,7 @@ def report(
     differs from the paper; logged to the run's MLflow parent run. Reads all params."""
     from cxrflow.report import RunOutputs, build_report
     from cxrflow.steps import log_report, run_commit
+    from cxrflow.tracking import git_commit
 
     if run_dir is not None:
         outputs = RunOutputs.from_kfp_run(run_dir)
@@ -280,6 +281,7 @@ def report(
         notes=tuple(note or ()),
         patient_images=patient_images,
         commit=run_commit(params, outputs.dataset),
+        rendered_at=git_commit(),
     )
     logged = log_report(params, outputs.dataset, [md, html])
     print(f"report -> {md} and {html}" + (f" (MLflow run {logged})" if logged else ""))

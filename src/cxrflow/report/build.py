@@ -240,6 +240,7 @@ def build_report(
     notes: tuple[str, ...] = (),
     patient_images: bool = True,
     commit: str = "",
+    rendered_at: str = "",
 ) -> tuple[Path, Path]:
     """Write ``reproduction.md`` (+ ``reproduction_files/``) and ``reproduction.html``.
 
@@ -254,6 +255,8 @@ def build_report(
             mask picture). Off for a report that goes into a repository that must not store
             the images: the figures stay in MLflow and in the run's outputs.
         commit: The git commit the run's code was at (its MLflow source tag), if known.
+        rendered_at: The commit of the code writing this report, when it is another one (the
+            numbers are still the run's; only their layout is newer).
 
     Returns:
         The Markdown and HTML paths.
@@ -296,7 +299,12 @@ def build_report(
         "## This run",
         "",
         f"- One run of commit `{commit[:12] or '?'}`: every number in this report comes "
-        "from its outputs.",
+        "from its outputs"
+        + (
+            f" (laid out by `cxrflow report` at commit `{rendered_at[:12]}`)."
+            if rendered_at and rendered_at[:12] != commit[:12]
+            else "."
+        ),
         f"- Data version: `{provenance.get('data_version', '?')}`, manifest hash "
         f"`{str(provenance.get('manifest_hash', '?'))[:16]}`, origin "
         f"**{provenance.get('origin', '?')}**",
