@@ -52,6 +52,7 @@ start=$(date +%s)
 .venv/bin/cxrflow "${SETTINGS[@]}" pipeline run --local --pipeline-root "$OUT/kfp" \
   "${RESUME[@]}" 2>&1 | tee -a "$LOG"
 echo "$(( $(date +%s) - start ))" >> "$OUT/seconds"   # one line per start (a resumed run: several)
+rm -rf "$OUT/checkpoints"   # the run finished: its models are in its outputs and in MLflow
 run_dir=$(ls -d "$OUT"/kfp/cxrflow-* | tail -1)
 total=0
 while read -r s; do total=$(( total + s )); done < "$OUT/seconds"

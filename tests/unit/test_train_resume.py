@@ -378,3 +378,20 @@ def test_finished_checkpoint_returns_the_model_and_other_config_starts_over(
 
 if __name__ == "__main__":
     _main()
+
+
+def test_a_finished_checkpoint_stays_only_under_a_chosen_checkpoint_root(tmp_path: Path) -> None:
+    """Under ``train.checkpoint_root`` a finished model's checkpoint stays, so that a resumed
+    pipeline run (``--resume``) restores it instead of training it again; in the step's
+    output or on the cluster's volume it is removed (it must not fill either)."""
+    from cxrflow.config import load_params
+    from cxrflow.steps.train import _after_training
+
+    root = Path(__file__).resolve().parents[2] / "params.yaml"
+    for chosen, kept in ((str(tmp_path / "root"), True), (None, False)):
+        ckpt = tmp_path / "ckpt"
+        ckpt.mkdir(exist_ok=True)
+        (ckpt / CHECKPOINT_STATE).write_text("{}")
+        override = [f"train.checkpoint_root={chosen}"] if chosen else []
+        _after_training(load_params(root, "smoke", override), ckpt)
+        assert ckpt.exists() == kept, chosen

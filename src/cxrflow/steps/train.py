@@ -264,15 +264,30 @@ def run_train(
             resumed_from_epoch=result.resumed_from_epoch,
         )
         info.write(out)
-        # the model is saved and logged: the per-epoch checkpoint (hundreds of MB for
-        # ResNet-50) must not become part of the step's output
-        shutil.rmtree(ckpt, ignore_errors=True)
+        _after_training(params, ckpt)
         val_acc = result.history.get("val_accuracy") or [float("nan")]
         ctx.summary = (
             f"{len(result.history.get('loss', []))} epochs, best val_accuracy "
             f"{max(val_acc):.3f} ({train_s:.0f} s)"
         )
     return info.model_dump()
+
+
+def _after_training(params: Params, ckpt: Path) -> None:
+    """What becomes of a finished training's checkpoint.
+
+    In the step's output or on the cluster's volume it is removed: the model is saved and
+    logged, and a checkpoint (hundreds of MB for ResNet-50) must not become part of the output
+    or fill the volume night after night (KFP retries only the task that failed). Under
+    ``train.checkpoint_root``, a root the user chose, only the finished model's weights stay
+    (the files of its last epochs are gone already): ``cxrflow pipeline run --local --resume``
+    then restores this model in seconds instead of training it again. Delete the pipeline
+    run's folder there once the run is done.
+    """
+    if params.train.checkpoint_root:
+        log.info("kept %s: a resumed pipeline run restores this model from it", ckpt)
+        return
+    shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def _save_model(
