@@ -274,9 +274,13 @@ def rows_int8_trained(doc: Mapping[str, Any]) -> list[Row]:
     """``bench/int8_trained.py``: int8 against fp32 on a network a pipeline run trained."""
     t = doc["target"]
     drop = t["accuracy_drop_points"]
+    machine = doc.get("machine") or {}
+    ran = f"`bench/int8_trained.py` on {machine.get('cpu_model') or 'an unrecorded CPU'}" + (
+        f", {str(doc['when'])[:10]}" if doc.get("when") else ""
+    )
     where = (
         f"{t['model']} (trained ResNet-50, {t['image_size']} px), {t['n_test']} test images of "
-        f"{t['n_test_patients']} patients"
+        f"{t['n_test_patients']} patients ({ran})"
     )
     return [
         (

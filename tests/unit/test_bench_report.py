@@ -415,6 +415,7 @@ def test_a_benchmark_that_failed_in_the_run_is_noted(tmp_path: Path) -> None:
 def test_the_int8_check_on_a_trained_resnet50_is_tabulated_with_its_interval() -> None:
     doc = {
         "benchmark": "int8_trained",
+        "when": "2026-12-07T05:15:00+00:00",
         "machine": MACHINE,
         "target": {
             "model": "model_5",
@@ -434,7 +435,7 @@ def test_the_int8_check_on_a_trained_resnet50_is_tabulated_with_its_interval() -
     rows = report.RENDERERS["int8_trained"](doc)
     assert rows[0] == (
         "accuracy lost by ort_int8 on model_5 (trained ResNet-50, 96 px), 290 test images of "
-        "250 patients, points [95 % CI]",
+        "250 patients (`bench/int8_trained.py` on Test CPU @ 2GHz, 2026-12-07), points [95 % CI]",
         "0.3 [-0.7, 1.4]",
         "<= 1.0",
         report._ok(True),

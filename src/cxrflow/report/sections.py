@@ -106,9 +106,10 @@ def verdict_paragraph(
             "show with this few controls)."
         )
     if registered:
+        reason = str(registered.get("reason") or "").rstrip(".")
         text.append(
             f"The register step made {registered.get('model_key')} the "
-            f"**{registered.get('role')}**: {registered.get('reason')}"
+            f"**{registered.get('role')}**: {reason}."
         )
     return [" ".join(text)]
 
@@ -241,12 +242,30 @@ def variant_section(
         "controls called COVID-19 % [95% CI]", "source-probe AUC [95% CI]",
     ]  # fmt: skip
     lines += format_table(header, rows).splitlines()
-    lines += ["", *_what_it_can_show(audit, variant, joined, total)]
+    lines += ["", *_what_it_can_show(metrics, audit, variant, joined, total, params)]
     return lines
 
 
+def _twin(metrics: Mapping[str, Any], key: str, params: Any) -> str | None:
+    """The model trained on Dataset_1 by the same recipe (architecture and start) as ``key``."""
+    what = describe_model(params, key)
+    return next(
+        (
+            k
+            for k in sorted(metrics)
+            if metrics[k].get("dataset") == "dataset_1" and describe_model(params, k) == what
+        ),
+        None,
+    )
+
+
 def _what_it_can_show(
-    audit: Mapping[str, Any], variant: Sequence[str], joined: Mapping[str, int], total: int
+    metrics: Mapping[str, Any],
+    audit: Mapping[str, Any],
+    variant: Sequence[str],
+    joined: Mapping[str, int],
+    total: int,
+    params: Any,
 ) -> list[str]:
     """What a few dozen adult non-COVID images can and cannot show, with this run's numbers."""
     out = []
@@ -257,6 +276,16 @@ def _what_it_can_show(
         if rate.get("value") is None:
             continue
         width = 100 * (float(rate.get("ci_high") or 0) - float(rate.get("ci_low") or 0))
+        twin = _twin(metrics, key, params)
+        if twin is not None and twin in audit:
+            twin_rate, twin_n = _rate(audit[twin])
+            moved = "passed" if audit[key].get("passed") else "still failed"
+            out.append(
+                f"- Result: {key} ({twin}'s recipe on {MIXED_DATASET}) calls {_ci(rate)} % of "
+                f"its {n} controls COVID-19, {twin} {_ci(twin_rate)} % of {twin_n}: with "
+                f"{joined.get('train', 0)} adult non-COVID training images the audit "
+                f"{moved}."
+            )
         out.append(
             f"- {key}: {n} controls were left to audit it, and its rate's 95 % interval is "
             f"{width:.0f} points wide."
@@ -293,23 +322,34 @@ def resnet_section(
             k for k in resnets if k not in (key, base) and metrics[k].get("dataset") == "dataset_1"
         ]
         lines.append(
-            f"{key} is a ResNet-50 pretrained in this pipeline on Dataset_0 ({base}: normal / "
-            f"bacterial / viral children's films, test accuracy "
-            f"{_ci(metric_ci(metrics.get(base, {}), 'accuracy'))} %) and then fine-tuned on "
-            f"Dataset_1 as the paper fine-tunes its Model_3 from ImageNet (a new head first, "
-            f"then the last {models[key].unfreeze_last} layers): test accuracy "
-            f"{_ci(metric_ci(metrics[key], 'accuracy'))} %."
+            f"- {key} is a ResNet-50 pretrained in this pipeline on Dataset_0 ({base}: normal / "
+            f"bacterial / viral children's films) and then fine-tuned on Dataset_1 as the paper "
+            f"fine-tunes its Model_3 from ImageNet (a new head first, then the last "
+            f"{models[key].unfreeze_last} layers)."
         )
-        for rival in rivals:
-            pair = next((p for p in mcnemar if {p.get("a"), p.get("b")} == {key, rival}), None)
-            p_text = (
-                ""
-                if pair is None or pair.get("p_value") is None
-                else (f" (McNemar p = {float(pair['p_value']):.3g} on the same test images)")
-            )
-            lines.append(
-                f"{rival} ({describe_model(params, rival)}) reaches "
-                f"{_ci(metric_ci(metrics[rival], 'accuracy'))} %{p_text}."
-            )
+        base_rivals = [
+            k
+            for k in sorted(metrics)
+            if k != base and metrics[k].get("dataset") == metrics.get(base, {}).get("dataset")
+        ]
+        lines += [f"- {_versus(metrics, mcnemar, params, base, k)}" for k in base_rivals]
+        lines += [f"- {_versus(metrics, mcnemar, params, key, k)}" for k in rivals]
     lines.append("")
     return lines
+
+
+def _versus(
+    metrics: Mapping[str, Any], mcnemar: Sequence[Mapping[str, Any]], params: Any, a: str, b: str
+) -> str:
+    """``a`` against ``b`` on the same test images: accuracies and McNemar's p."""
+    pair = next((p for p in mcnemar if {p.get("a"), p.get("b")} == {a, b}), None)
+    p_text = (
+        ""
+        if pair is None or pair.get("p_value") is None
+        else (f", McNemar p = {float(pair['p_value']):.3g}")
+    )
+    return (
+        f"On {metrics[a].get('dataset')}: {a} {_ci(metric_ci(metrics[a], 'accuracy'))} % "
+        f"against {b} ({describe_model(params, b)}) {_ci(metric_ci(metrics[b], 'accuracy'))} %"
+        f"{p_text}."
+    )
