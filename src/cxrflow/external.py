@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cxrflow.data.sources import EXTERNAL
+from cxrflow.evaluate import SCALAR_METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,14 +30,6 @@ if TYPE_CHECKING:
 COVID = "covid"
 EXTERNAL_PREFIX = "external"
 """MLflow metric prefix: ``external_<source>_<metric>``."""
-SCALARS: tuple[str, ...] = (
-    "accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "roc_auc_macro",
-    "ece",
-)
 
 
 @dataclass(frozen=True)
@@ -72,6 +66,18 @@ def external_rows(manifest: pd.DataFrame, classes: Sequence[str]) -> list[Extern
     return out
 
 
+def external_arrays(
+    dataset_dir: str | Path, ext: ExternalRows, classes: Sequence[str], image_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (preprocessed as for training), class indices and patient ids of ``ext``'s
+    rows, in their order: what a model is scored on (evaluate) and compared on (register)."""
+    from cxrflow.audit import load_images
+
+    x = load_images(dataset_dir, ext.rows, image_size)
+    y = np.asarray([list(classes).index(c) for c in ext.rows["label"]], dtype=int)
+    return x, y, ext.rows["patient_id"].astype(str).to_numpy()
+
+
 def score_external(
     proba: np.ndarray,
     y: np.ndarray,
@@ -89,7 +95,7 @@ def score_external(
         params: Bootstrap size, confidence, seed and calibration bins.
 
     Returns:
-        ``n``, ``n_patients``; each of :data:`SCALARS` as a float (None if undefined) with
+        ``n``, ``n_patients``; each of :data:`cxrflow.evaluate.SCALAR_METRICS` as a float (None if undefined) with
         ``<name>_ci``; ``confusion_matrix``; ``predictions``; ``non_covid_called_covid``
         (``{"value", "ci_low", "ci_high", "n"}``, value None without non-COVID images or
         without a COVID-19 class). Empty input gives ``n`` 0 and nothing else.
@@ -109,7 +115,7 @@ def score_external(
         "confusion_matrix": summary["confusion_matrix"],
         "predictions": pred.astype(int).tolist(),
     }
-    for name in SCALARS:
+    for name in SCALAR_METRICS:
         value = summary.get(name) or {}
         out[name] = value.get("value")
         out[f"{name}_ci"] = value
@@ -132,7 +138,7 @@ def flat_external(external: Mapping[str, Mapping[str, Any]]) -> dict[str, float]
     for source, fig in external.items():
         base = f"{EXTERNAL_PREFIX}_{source}"
         out[f"{base}_n"] = float(fig.get("n", 0))
-        for name in (*SCALARS, "non_covid_called_covid"):
+        for name in (*SCALAR_METRICS, "non_covid_called_covid"):
             ci = fig.get(f"{name}_ci") if name != "non_covid_called_covid" else fig.get(name)
             ci = ci or {}
             for suffix, key in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):

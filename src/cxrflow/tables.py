@@ -14,7 +14,7 @@ Both return the text without a trailing newline; callers join it into their docu
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 __all__ = ["Align", "TableFmt", "format_table"]
@@ -103,3 +103,15 @@ def format_table(
         )
         return "\n".join(line.rstrip() for line in text.splitlines())
     raise ValueError(f"unknown table format {fmt!r}: use 'markdown' or 'plain'")
+
+
+def interval_text(block: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """``value [low, high]`` of an estimate ``{"value", "ci_low", "ci_high"}``, times
+    ``scale`` (percent by default); the value alone without bounds, ``n/a`` without a value."""
+    if not block or block.get("value") is None:
+        return "n/a"
+    v = float(block["value"]) * scale
+    lo, hi = block.get("ci_low"), block.get("ci_high")
+    if lo is None or hi is None:
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f} [{float(lo) * scale:.{digits}f}, {float(hi) * scale:.{digits}f}]"

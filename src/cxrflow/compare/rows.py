@@ -16,7 +16,6 @@ from typing import Any
 from cxrflow import names
 from cxrflow.evaluate import SCALAR_METRICS
 from cxrflow.external import EXTERNAL_PREFIX
-from cxrflow.external import SCALARS as EXTERNAL_SCALARS
 from cxrflow.steps import audit_figures
 
 LATENCY = "latency_ms_per_image"
@@ -135,7 +134,7 @@ def _estimate(metrics: Mapping[str, float], name: str) -> Estimate | None:
     return Estimate(value, metrics.get(f"test_{name}_ci_low"), metrics.get(f"test_{name}_ci_high"))
 
 
-_EXTERNAL_FIGURES = (*EXTERNAL_SCALARS, "non_covid_called_covid", "n")
+_EXTERNAL_FIGURES = (*SCALAR_METRICS, "non_covid_called_covid", "n")
 
 
 def external_estimates(metrics: Mapping[str, float]) -> dict[str, dict[str, Estimate]]:

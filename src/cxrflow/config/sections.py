@@ -139,8 +139,18 @@ class DataParams(_Section):
             )
         return self
 
+    @property
+    def source_names(self) -> list[str]:
+        """Every source a run reads: ``sources``' names, and ``phantom_site`` for a phantom
+        with an external site (``synth.external_site_patients``)."""
+        site = self.is_phantom and self.synth.external_site_patients > 0
+        return [*self.sources, *([PHANTOM_SITE] if site else [])]
+
     def settings_of(self, name: str) -> SourceSettings:
-        """The settings of source ``name`` (the defaults when it has none)."""
+        """The settings of source ``name`` (the defaults when it has none; the phantom's
+        external site is a ``csv`` source with role ``external``)."""
+        if name == PHANTOM_SITE and name not in self.sources:
+            return SourceSettings(kind=CSV_KIND, role="external")
         return self.source_settings.get(name) or SourceSettings()
 
     def role_of(self, name: str) -> str:
@@ -150,10 +160,7 @@ class DataParams(_Section):
     @property
     def external_sources(self) -> list[str]:
         """The sources with role ``external``, the phantom's external site included."""
-        names = [n for n in self.sources if self.role_of(n) == "external"]
-        if self.is_phantom and self.synth.external_site_patients:
-            names.append(PHANTOM_SITE)
-        return names
+        return [n for n in self.source_names if self.role_of(n) == "external"]
 
     @property
     def source_paths(self) -> list[str]:
@@ -411,6 +418,12 @@ class RegisterParams(_Section):
     challenger_alias: StrictStr = "challenger"
     allow_unaudited: StrictBool = False
     """The recorded override: a candidate that was not audited may be promoted (tagged)."""
+
+    @property
+    def ranked_by(self) -> str:
+        """The promotion metric as the registry states it: ``f1_macro`` (the test split) or
+        ``f1_macro on <source>`` (an external source, ``score_on``)."""
+        return self.metric if self.score_on == "test" else f"{self.metric} on {self.score_on}"
 
     @field_validator("alias", "challenger_alias")
     @classmethod

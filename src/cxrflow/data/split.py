@@ -192,6 +192,17 @@ def link_groups(patient_ids: Iterable[str], links: Iterable[Sequence[str]]) -> d
     return groups.roots()
 
 
+def patient_primaries(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: ``patient_id``, ``primary`` (its most frequent label; ties by
+    name) and ``n`` (its images): the unit patient-grouped draws stratify on."""
+    counts = rows.groupby(["patient_id", "label"]).size().reset_index(name="k")
+    counts = counts.sort_values(["patient_id", "k", "label"], ascending=[True, False, True])
+    primary = counts.drop_duplicates("patient_id")[["patient_id", "label"]]
+    primary = primary.rename(columns={"label": "primary"})
+    n = rows.groupby("patient_id").size().reset_index(name="n")
+    return primary.merge(n, on="patient_id")
+
+
 def grouped_split(
     rows: pd.DataFrame,
     test_fraction: float,
@@ -209,12 +220,7 @@ def grouped_split(
     group = link_groups(rows["patient_id"].unique(), links)
     original = rows
     rows = rows.assign(patient_id=rows["patient_id"].map(group))
-    counts = rows.groupby(["patient_id", "label"]).size().reset_index(name="k")
-    counts = counts.sort_values(["patient_id", "k", "label"], ascending=[True, False, True])
-    primary = counts.drop_duplicates("patient_id")[["patient_id", "label"]]
-    primary = primary.rename(columns={"label": "primary"})
-    n = rows.groupby("patient_id").size().reset_index(name="n")
-    patients = primary.merge(n, on="patient_id")
+    patients = patient_primaries(rows)
     test = _allocate(patients, test_fraction, rng)
     rest = patients[~patients["patient_id"].isin(test)]
     val = _allocate(rest, val_fraction, rng)
@@ -267,11 +273,7 @@ def mixed_controls(
     rows = rows[rows["label"].isin(classes).to_numpy()]
     if rows.empty or share <= 0.0:
         return rows.iloc[0:0]
-    counts = rows.groupby(["patient_id", "label"]).size().reset_index(name="k")
-    counts = counts.sort_values(["patient_id", "k", "label"], ascending=[True, False, True])
-    primary = counts.drop_duplicates("patient_id").rename(columns={"label": "primary"})
-    n = rows.groupby("patient_id").size().reset_index(name="n")
-    patients = primary[["patient_id", "primary"]].merge(n, on="patient_id")
+    patients = patient_primaries(rows)
     rng = np.random.default_rng(seed)
     chosen: set[str] = set()
     for _label, grp in patients.groupby("primary", sort=True):

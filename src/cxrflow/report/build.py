@@ -16,7 +16,6 @@ from typing import Any
 from cxrflow.artifacts import AuditReport, Evaluation, Provenance, Registration
 from cxrflow.report.outputs import RunOutputs, _load, _read
 from cxrflow.report.sections import (
-    _ci,
     external_section,
     headline_table,
     metric_ci,
@@ -24,7 +23,7 @@ from cxrflow.report.sections import (
     variant_section,
     verdict_paragraph,
 )
-from cxrflow.tables import format_table
+from cxrflow.tables import format_table, interval_text
 
 PAPER = {
     # Katsamenis et al. 2020, Figures 4-5 and section 4.2 (test set of Dataset_1, in %)
@@ -51,10 +50,6 @@ PAPER_LATENCY_MS = (26.9, 42.7)  # per test image on an NVIDIA K80 (Figure 6)
 PAPER_COUNTS = {"normal": 544, "bacterial": 500, "covid": 456}
 
 
-def _pct(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * float(value):.1f}"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return format_table(header, rows).splitlines()
 
@@ -73,9 +68,9 @@ def _audit_rows(audit: Mapping[str, Any]) -> list[str]:
             [
                 key,
                 "passed" if r.get("passed") else "**FAILED**",
-                f"{_ci(controls.get('covid_rate'))} (n={controls.get('n', '?')})",
-                _ci(probe.get("auc"), 1, 3),
-                f"{_ci(masked)} (unmasked {_ci(unmasked)}; chance "
+                f"{interval_text(controls.get('covid_rate'))} (n={controls.get('n', '?')})",
+                interval_text(probe.get("auc"), 1, 3),
+                f"{interval_text(masked)} (unmasked {interval_text(unmasked)}; chance "
                 f"{'n/a' if chance is None else f'{100 * chance:.1f}'})",
             ]
         )
@@ -111,7 +106,7 @@ def _audit_rows(audit: Mapping[str, Any]) -> list[str]:
             cells = []
             for r in audit.values():
                 entry = ((r.get("controls") or {}).get("by_finding") or {}).get(f) or {}
-                cells.append(_ci(entry.get("covid_rate") or entry) if entry else "n/a")
+                cells.append(interval_text(entry.get("covid_rate") or entry) if entry else "n/a")
             body.append([f, str(n), *cells])
         lines += _table(header, body)
     return lines
@@ -182,10 +177,10 @@ def _results_lines(metrics: Mapping[str, Any], mcnemar: list[dict[str, Any]]) ->
                 m.get("dataset", ""),
                 str(m.get("n_test", "")),
                 f"{paper['accuracy']:.2f}" if paper else "-",
-                _ci(metric_ci(m, "accuracy")),
+                interval_text(metric_ci(m, "accuracy")),
                 f"{paper['f1_macro']:.2f}" if paper else "-",
-                _ci(metric_ci(m, "f1_macro")),
-                _ci(metric_ci(m, "roc_auc_macro"), 1, 3),
+                interval_text(metric_ci(m, "f1_macro")),
+                interval_text(metric_ci(m, "roc_auc_macro"), 1, 3),
                 f"{m.get('ece', 0):.3f}" if m.get("ece") is not None else "n/a",
                 f"{(m.get('latency') or {}).get('batch1_mean_ms', m.get('latency_ms_per_image', 0)):.1f}",
             ]

@@ -12,21 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cxrflow.config import MIXED_DATASET
-from cxrflow.tables import format_table
+from cxrflow.tables import format_table, interval_text
 
 PAPER_ACCURACY = (92.32, 97.66)
 """The paper's test accuracies on Dataset_1, lowest and highest (Model_1, Model_3), in %."""
 _ARCH = {"small_cnn": "small CNN", "resnet50": "ResNet-50"}
-
-
-def _ci(block: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
-    if not block or block.get("value") is None:
-        return "n/a"
-    v = float(block["value"]) * scale
-    lo, hi = block.get("ci_low"), block.get("ci_high")
-    if lo is None or hi is None:
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} [{float(lo) * scale:.{digits}f}, {float(hi) * scale:.{digits}f}]"
 
 
 def metric_ci(m: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -128,11 +118,14 @@ def headline_table(metrics: Mapping[str, Any], audit: Mapping[str, Any], params:
                 key,
                 describe_model(params, key),
                 m.get("dataset", ""),
-                _ci(metric_ci(m, "accuracy")),
-                _ci(metric_ci(m, "f1_macro")),
+                interval_text(metric_ci(m, "accuracy")),
+                interval_text(metric_ci(m, "f1_macro")),
                 f"**{verdict}**" if verdict == "FAILED" else verdict,
-                f"{_ci(rate)} (n={n})" if a is not None else "-",
-                *(_ci((m.get("external") or {}).get(s, {}).get("accuracy_ci")) for s in sources),
+                f"{interval_text(rate)} (n={n})" if a is not None else "-",
+                *(
+                    interval_text((m.get("external") or {}).get(s, {}).get("accuracy_ci"))
+                    for s in sources
+                ),
             ]
         )
     header = [
@@ -158,11 +151,11 @@ def external_section(metrics: Mapping[str, Any]) -> list[str]:
                     key,
                     source,
                     f"{fig.get('n', 0)} ({fig.get('n_patients', 0)})",
-                    _ci(metric_ci(m, "accuracy")),
-                    _ci(fig.get("accuracy_ci")),
-                    _ci(metric_ci(m, "f1_macro")),
-                    _ci(fig.get("f1_macro_ci")),
-                    _ci(fig.get("non_covid_called_covid")),
+                    interval_text(metric_ci(m, "accuracy")),
+                    interval_text(fig.get("accuracy_ci")),
+                    interval_text(metric_ci(m, "f1_macro")),
+                    interval_text(fig.get("f1_macro_ci")),
+                    interval_text(fig.get("non_covid_called_covid")),
                     skipped or "-",
                 ]
             )
@@ -231,10 +224,10 @@ def variant_section(
                 key,
                 metrics[key].get("dataset", ""),
                 describe_model(params, key),
-                _ci(metric_ci(metrics[key], "accuracy")),
+                interval_text(metric_ci(metrics[key], "accuracy")),
                 "passed" if audit[key].get("passed") else "**FAILED**",
-                f"{_ci(rate)} (n={n})",
-                _ci(probe, 1, 3),
+                f"{interval_text(rate)} (n={n})",
+                interval_text(probe, 1, 3),
             ]
         )
     header = [
@@ -281,8 +274,8 @@ def _what_it_can_show(
             twin_rate, twin_n = _rate(audit[twin])
             moved = "passed" if audit[key].get("passed") else "still failed"
             out.append(
-                f"- Result: {key} ({twin}'s recipe on {MIXED_DATASET}) calls {_ci(rate)} % of "
-                f"its {n} controls COVID-19, {twin} {_ci(twin_rate)} % of {twin_n}: with "
+                f"- Result: {key} ({twin}'s recipe on {MIXED_DATASET}) calls {interval_text(rate)} % of "
+                f"its {n} controls COVID-19, {twin} {interval_text(twin_rate)} % of {twin_n}: with "
                 f"{joined.get('train', 0)} adult non-COVID training images the audit "
                 f"{moved}."
             )
@@ -349,7 +342,7 @@ def _versus(
         else (f", McNemar p = {float(pair['p_value']):.3g}")
     )
     return (
-        f"On {metrics[a].get('dataset')}: {a} {_ci(metric_ci(metrics[a], 'accuracy'))} % "
-        f"against {b} ({describe_model(params, b)}) {_ci(metric_ci(metrics[b], 'accuracy'))} %"
+        f"On {metrics[a].get('dataset')}: {a} {interval_text(metric_ci(metrics[a], 'accuracy'))} % "
+        f"against {b} ({describe_model(params, b)}) {interval_text(metric_ci(metrics[b], 'accuracy'))} %"
         f"{p_text}."
     )

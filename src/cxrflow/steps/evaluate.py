@@ -16,7 +16,7 @@ from cxrflow.steps.frame import StepContext, step_frame
 from cxrflow.steps.lineage import data_source, split_digest
 from cxrflow.steps.spec import MODELS, Port, StepSpec
 from cxrflow.steps.train import MODEL_FILE
-from cxrflow.tables import format_table
+from cxrflow.tables import format_table, interval_text
 
 if TYPE_CHECKING:
     from cxrflow.config import Params
@@ -134,10 +134,8 @@ def _score_externals(
     cache: dict[tuple[str, int, tuple[str, ...]], Any],
 ) -> dict[str, Any]:
     """The model's figures on every external source (:mod:`cxrflow.external`)."""
-    import numpy as np
-
-    from cxrflow.audit import load_images, predict_proba
-    from cxrflow.external import external_rows, score_external
+    from cxrflow.audit import predict_proba
+    from cxrflow.external import external_arrays, external_rows, score_external
 
     classes, size = list(info.classes), info.image_size
     out: dict[str, Any] = {}
@@ -145,16 +143,10 @@ def _score_externals(
         slot = (ext.source, size, tuple(classes))
         if slot not in cache:
             with ctx.phase("data"):
-                cache[slot] = load_images(ctx.dataset_dir or "", ext.rows, size)
-        y = np.asarray([classes.index(c) for c in ext.rows["label"]], dtype=int)
+                cache[slot] = external_arrays(ctx.dataset_dir or "", ext, classes, size)
+        x, y, groups = cache[slot]
         with ctx.phase("compute"):
-            fig = score_external(
-                predict_proba(model, cache[slot]),
-                y,
-                ext.rows["patient_id"].astype(str).to_numpy(),
-                classes,
-                ctx.params.evaluate,
-            )
+            fig = score_external(predict_proba(model, x), y, groups, classes, ctx.params.evaluate)
         out[ext.source] = {**fig, "skipped": ext.skipped}
     return out
 
@@ -367,16 +359,6 @@ def format_summary(
     return text + "\n"
 
 
-def _pct(fig: Mapping[str, Any] | None) -> str:
-    """``value [low, high]`` of a share, in percent."""
-    fig = fig or {}
-    if fig.get("value") is None:
-        return "n/a"
-    if fig.get("ci_low") is None:
-        return f"{100 * fig['value']:.1f}"
-    return f"{100 * fig['value']:.1f} [{100 * fig['ci_low']:.1f}, {100 * fig['ci_high']:.1f}]"
-
-
 def format_external(results: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table of every model on every external source ("" when there is none)."""
     header = [
@@ -392,9 +374,9 @@ def format_external(results: Mapping[str, Mapping[str, Any]]) -> str:
                     key,
                     source,
                     f"{fig.get('n', 0)} ({fig.get('n_patients', 0)})",
-                    _pct(fig.get("accuracy_ci")),
-                    _pct(fig.get("f1_macro_ci")),
-                    _pct(fig.get("non_covid_called_covid")),
+                    interval_text(fig.get("accuracy_ci")),
+                    interval_text(fig.get("f1_macro_ci")),
+                    interval_text(fig.get("non_covid_called_covid")),
                     skipped or "-",
                 ]
             )

@@ -54,9 +54,7 @@ def _version_tags(
     c = decision.comparison
     if c is not None:
         tags |= {
-            names.TAG_PROMOTION_METRIC: metric
-            if params.register.score_on == "test"
-            else f"{metric} on {params.register.score_on}",
+            names.TAG_PROMOTION_METRIC: params.register.ranked_by,
             names.TAG_PROMOTION_CHAMPION_VERSION: str(c.champion_version),
             names.TAG_PROMOTION_DIFFERENCE: f"{c.difference:.6f}",
             names.TAG_PROMOTION_CI_LOW: f"{c.ci_low:.6f}",
@@ -80,16 +78,11 @@ def _external_images(
     dataset: str | Path, source: str, classes: list[str], size: int
 ) -> tuple[Any, Any, Any]:
     """Images, labels and patient ids of an external source, as evaluate scored them."""
-    import numpy as np
-
-    from cxrflow.audit import load_images
     from cxrflow.data.manifest import read_manifest
-    from cxrflow.external import external_rows
+    from cxrflow.external import external_arrays, external_rows
 
     ext = next(e for e in external_rows(read_manifest(dataset), classes) if e.source == source)
-    x = load_images(dataset, ext.rows, size)
-    y = np.asarray([classes.index(c) for c in ext.rows["label"]], dtype=int)
-    return x, y, ext.rows["patient_id"].astype(str).to_numpy()
+    return external_arrays(dataset, ext, classes, size)
 
 
 def _champion_predictions(
@@ -172,11 +165,12 @@ def compare_with_champion(
         if list(meta.get("classes", [])) != list(m.classes):
             not_comparable[key] = f"its classes {meta.get('classes')} are not {list(m.classes)}"
             continue
-        scored = ((m.figure("external") or {}).get(rp.score_on) or {}) if external else None
-        pred = np.asarray(
-            (scored or {}).get("predictions", []) if external else m.figure("predictions") or [],
-            dtype=int,
+        # the predictions evaluate made on the images compared: the external source's, or the
+        # test split's
+        scored = (
+            ((m.figure("external") or {}).get(rp.score_on) or {}) if external else m.model_dump()
         )
+        pred = np.asarray(scored.get("predictions") or [], dtype=int)
         if len(pred) != len(y):
             not_comparable[key] = (
                 f"{key} predicted {len(pred)} test images, this test split has {len(y)}"
@@ -256,7 +250,7 @@ def run_register(
             rp.candidates,
             {k: (audit.root[k].passed if k in audit.root else None) for k in rp.candidates},
             champion,
-            metric=rp.metric if rp.score_on == "test" else f"{rp.metric} on {rp.score_on}",
+            metric=rp.ranked_by,
             margin=rp.promotion_margin,
             block_on_audit=params.audit.block_promotion,
             allow_unaudited=rp.allow_unaudited,
@@ -286,7 +280,7 @@ def run_register(
             reason=decision.reason,
             champion=m.model_key if decision.role == CHAMPION else None,
             previous_champion_version=None if current is None else current["version"],
-            metric=rp.metric if rp.score_on == "test" else f"{rp.metric} on {rp.score_on}",
+            metric=rp.ranked_by,
             value=scores[m.model_key],
             model_name=rp.model_name,
             alias=alias,

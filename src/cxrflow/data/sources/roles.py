@@ -129,10 +129,4 @@ def configure_sources(data: DataParams) -> dict[str, Source]:
 
     Every step calls it first, so that a ``csv`` source is registered in the step's process.
     """
-    from cxrflow.config import CSV_KIND, PHANTOM_SITE, SourceSettings
-
-    sources = {name: build_source(name, data.settings_of(name)) for name in data.sources}
-    if data.is_phantom and data.synth.external_site_patients:
-        site = SourceSettings(kind=CSV_KIND, role="external")
-        sources[PHANTOM_SITE] = build_source(PHANTOM_SITE, site)
-    return sources
+    return {name: build_source(name, data.settings_of(name)) for name in data.source_names}
